@@ -1,0 +1,320 @@
+"""The one configuration: every option with its type, default and help, in one place.
+
+A run's configuration is read from YAML (``medkge train config.yaml``), overridden on the command
+line (``--set train.lr=0.01`` or the common flags), validated at once (a bad value fails at start with
+a message naming the key) and saved, fully resolved, as ``config.yaml`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import MedkgeError, closest
+from .model import DEFAULT_DIMS
+from .scoring import MODELS, check_dims
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _opt("rotate", "scoring model", choices=MODELS)
+    dims: list[int] = _opt(
+        list(DEFAULT_DIMS), "sub-model dimensions, increasing; also 'start:stop:step' or '10,40,160,640'"
+    )
+    gamma: float = _opt(12.0, "margin of the distance models (TransE, RotatE, PairRE)")
+    p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
+    normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
+    init_scale: float | None = _opt(None, "entries start uniform in +-init_scale (default (gamma+2)/D, 0.1 bilinear)")
+
+
+@dataclass
+class LossConfig:
+    kind: Literal["self_adversarial", "softplus", "margin"] = _opt(
+        "self_adversarial",
+        "base loss: RotatE's self-adversarial logistic loss, logistic with uniform negatives, or margin ranking",
+    )
+    alpha: float = _opt(1.0, "adversarial temperature of self_adversarial (0 = uniform negatives)", min=0.0)
+    margin: float = _opt(1.0, "margin of the margin-ranking loss", min=0.0)
+    regularizer: Literal["none", "l2", "n3"] = _opt("none", "penalty on the batch's embeddings (for bilinear models)")
+    reg_weight: float = _opt(0.0, "weight of the regularizer", min=0.0)
+
+
+@dataclass
+class MedConfig:
+    mutual_learning: bool = _opt(True, "Huber loss between neighbouring sub-models' sigmoid scores (ML)")
+    evolutionary: bool = _opt(True, "sub-model i weights triples by what sub-model i-1 got wrong (EI)")
+    dynamic_weights: bool = _opt(True, "weight sub-model i's hard loss by exp(w3 * d_i / d_n) (DLW)")
+    weights: Literal["fixed", "learn"] = _opt("fixed", "keep w1, w2, w3 at their values or learn them with Adam")
+    w1: float = _opt(1.0, "EI positive-weight scale: softmax over the batch of w1 / q")
+    w2: float = _opt(1.0, "EI negative-weight scale: softmax over a row of w2 * q")
+    w3: float = _opt(1.0, "DLW exponent scale")
+    pos_temperature: float = _opt(
+        1.0, "divides the EI positive logits w1 / q before the softmax (1 = the paper)", min=1e-6
+    )
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _opt(100, "maximum number of epochs", min=1)
+    batch_size: int = _opt(1024, "positive triples per batch", min=1)
+    negatives: int = _opt(64, "negatives per positive", min=1)
+    corruption: Literal["uniform", "bernoulli"] = _opt(
+        "uniform", "corrupt head or tail with probability 1/2, or by relation (Bernoulli, Wang et al. 2014)"
+    )
+    filter_negatives: bool = _opt(False, "resample negatives that are known training triples")
+    lr: float = _opt(1e-3, "Adam learning rate", min=0.0)
+    lr_schedule: Literal["linear", "constant"] = _opt("linear", "decay the learning rate linearly to 0 over the run")
+    device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
+    seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")
+    checkpoint_every: int = _opt(1, "epochs between checkpoints (0: only at the end)", min=0)
+    tune_malloc: bool = _opt(True, "tell glibc to keep freed memory for reuse (much faster steps on CPU)")
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
+
+
+@dataclass
+class EvalConfig:
+    every: int = _opt(10, "epochs between validations (0: never; the last model is kept)", min=0)
+    metric: str = _opt("mean_mrr", "early-stopping metric: mean_mrr (over sub-models) or e.g. mrr@640, hits@10@40")
+    patience: int = _opt(5, "validations without improvement before stopping (0: never stop early)", min=0)
+    ties: Literal["realistic", "optimistic", "pessimistic"] = _opt("realistic", "rank of the true entity among ties")
+    memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)
+    test: bool = _opt(True, "evaluate the kept model on the test split at the end")
+
+
+@dataclass
+class Config:
+    dataset: str = _opt("kinships", "bundled dataset name or a folder of train/valid/test files")
+    method: Literal["med"] = _opt("med", "training method")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    med: MedConfig = field(default_factory=MedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---- reading and writing ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Config:
+        config = _build(cls, data or {}, "")
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Config:
+        try:
+            data = _yaml_load(Path(path).read_text())
+        except OSError as error:
+            raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
+        except yaml.YAMLError as error:
+            raise MedkgeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if data is not None and not isinstance(data, dict):
+            raise MedkgeError(f"{path}: a config file must be a mapping of keys to values")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A copy with dotted keys (``train.lr``) set; values may be YAML strings ("1e-3", "[10, 20]")."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            if isinstance(value, str):
+                value = _parse_value(value)
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise MedkgeError(f"config: unknown key {key!r}{closest(key, all_keys())}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise MedkgeError(f"config: unknown key {key!r}{closest(key, all_keys())}")
+            node[parts[-1]] = value
+        return Config.from_dict(data)
+
+    def validate(self) -> None:
+        """Cross-field checks (per-field types, choices and ranges are checked when building)."""
+        try:
+            self.model.dims = list(check_dims(self.model.dims))
+        except MedkgeError as error:
+            raise MedkgeError(f"config: model.dims: {error}") from None
+        parse_metric(self.eval.metric, self.model.dims)
+
+
+# Short names accepted by medkge.train(...) and as command-line flags, for the options set most often.
+ALIASES = {
+    "dataset": "dataset",
+    "method": "method",
+    "model": "model.name",
+    "dims": "model.dims",
+    "gamma": "model.gamma",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "negatives": "train.negatives",
+    "seed": "train.seed",
+    "device": "train.device",
+    "eval_every": "eval.every",
+    "patience": "eval.patience",
+}
+
+
+def parse_metric(metric: str, dims: list[int]) -> tuple[str, int | None]:
+    """Split an early-stopping metric into (metric, dim): "mean_mrr" -> ("mrr", None), "mrr@40" -> ("mrr", 40)."""
+    if metric.startswith("mean_"):
+        name, dim = metric[len("mean_") :], None
+    else:
+        name, _, dim_text = metric.rpartition("@")
+        try:
+            dim = int(dim_text)
+        except ValueError:
+            dim = -1
+        if dim not in dims:
+            raise MedkgeError(f"config: eval.metric {metric!r}: expected mean_<metric> or <metric>@<one of the dims>")
+    if name not in ("mrr", "mr", "hits@1", "hits@3", "hits@10"):
+        raise MedkgeError(f"config: eval.metric {metric!r}: unknown metric {name!r}")
+    return name, dim
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the configuration."""
+    return [key for key, _, _ in describe()]
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every option: the documentation of the configuration."""
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                rows.append((prefix + f.name, default, f.metadata.get("help", "")))
+
+    walk(Config, "")
+    return rows
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2's numbers: 5e-4 is a float and 10:640:10 is a string, not a base-60 integer."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return _yaml_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise MedkgeError(f"config: {prefix.rstrip('.') or 'the config'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            full = prefix + str(key)
+            raise MedkgeError(f"config: unknown key {full!r}{closest(full, all_keys())}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = prefix + f.name
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, data[f.name] or {}, key + ".")
+        else:
+            values[f.name] = _coerce(key, data[f.name], hint, f.metadata)
+    return cls(**values)
+
+
+def _coerce(key: str, value: Any, hint: Any, meta: dict) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if key == "model.dims":
+        return _coerce_dims(value)
+    if origin is Literal:
+        if value not in args:
+            raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MedkgeError(f"config: {key} must be a list, got {value!r}")
+        return [_coerce(key, v, args[0], {}) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise MedkgeError(f"config: {key} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MedkgeError(f"config: {key} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MedkgeError(f"config: {key} must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str and not isinstance(value, str):
+        raise MedkgeError(f"config: {key} must be a string, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise MedkgeError(f"config: {key} must be at least {meta['min']}, got {value!r}")
+    return value
+
+
+def _coerce_dims(value: Any) -> list[int]:
+    """dims as a list, a 'start:stop:step' range (stop included) or a comma-separated string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        text = value.strip().strip("[]")
+        try:
+            if ":" in text:
+                start, stop, *step = (int(x) for x in text.split(":"))
+                return list(range(start, stop + 1, step[0] if step else 1))
+            return [int(x) for x in text.replace(" ", ",").split(",") if x]
+        except ValueError:
+            raise MedkgeError(f"config: model.dims: cannot read {value!r} as dims") from None
+    if isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise MedkgeError(f"config: model.dims must be a list of integers, got {value!r}")

@@ -1,0 +1,23 @@
+"""The one exception type for user mistakes.
+
+Anything a user can get wrong (a bad file, an unknown label, an invalid config value) raises
+:class:`MedkgeError` with a one-line message. The command line prints that line and exits with
+status 2; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MedkgeError(ValueError):
+    """A user-facing error: the message is one line that says what is wrong and where."""
+
+
+def closest(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """A short ", did you mean ...?" hint for an unknown name (empty when nothing is close)."""
+    matches = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    return "; closest: " + ", ".join(repr(m) for m in matches)

@@ -1,0 +1,297 @@
+"""Filtered link prediction for every sub-model in one pass.
+
+For each evaluation triple (h, r, t) we rank t among the candidates for (h, r, ?) and h among those for
+(?, r, t). Candidates that form a known triple (train, valid or test) other than the one being ranked
+are skipped ("filtered" setting). Ties count as the mean of the optimistic rank (1 + number of
+candidates scoring higher) and the pessimistic one (1 + number scoring higher or equal): the
+"realistic" rank. Every sub-model is ranked in the same pass, from the same blocks of scores.
+
+Memory stays bounded: queries and candidates are processed in blocks sized from a byte budget, and the
+filter is a sorted index of known triples, looked up per block of queries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .datasets import Dataset
+from .errors import MedkgeError
+from .model import BlockScorer, CroppableModel
+from .scoring import Prefix, Side
+
+Ties = Literal["realistic", "optimistic", "pessimistic"]
+HITS = (1, 3, 10)
+METRICS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
+
+
+class Metrics(dict):
+    """Per-dim link-prediction metrics: ``metrics[d]["mrr"]``, ``metrics[d]["tail.hits@10"]``, ...
+
+    Keys per dim: mrr, mr, hits@1, hits@3, hits@10 over both directions, the same prefixed with
+    "head." and "tail." per direction, and "queries" (how many rankings were averaged).
+    ``ranks[direction]`` holds the ranks ``[triples, n]`` the figures were computed from.
+    """
+
+    def __init__(self, by_dim: dict[int, dict[str, float]], split: str, ties: str, ranks: dict | None = None):
+        super().__init__(by_dim)
+        self.split = split
+        self.ties = ties
+        self.ranks: dict[str, Tensor] = ranks or {}
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self)
+
+    def mean(self, key: str = "mrr") -> float:
+        """The mean of a metric over the sub-models (the default early-stopping criterion)."""
+        return sum(self[d][key] for d in self) / len(self)
+
+    @classmethod
+    def merge(cls, parts: Sequence[Metrics]) -> Metrics:
+        """One result from the results of models with disjoint dims (DT: one model per dim)."""
+        by_dim = {d: m[d] for m in parts for d in m}
+        ranks = {}
+        for side in parts[0].ranks:
+            ranks[side] = torch.cat([m.ranks[side] for m in parts], dim=1)
+        return cls(dict(sorted(by_dim.items())), parts[0].split, parts[0].ties, ranks)
+
+    def to_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "ties": self.ties,
+            "dims": {str(d): self[d] for d in self.dims},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Metrics:
+        return cls({int(d): v for d, v in data["dims"].items()}, data["split"], data["ties"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self, keys: Sequence[str] = METRICS, markdown: bool = False) -> str:
+        """The per-dim table as text (or markdown)."""
+        header = ["dim", *(k.upper() if k in ("mrr", "mr") else k.replace("hits@", "H@") for k in keys)]
+        rows = [[str(d), *(_fmt(k, self[d][k]) for k in keys)] for d in self.dims]
+        if markdown:
+            lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            return "\n".join(lines)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows])
+
+
+def _fmt(key: str, value: float) -> str:
+    return f"{value:.1f}" if key.endswith("mr") and not key.endswith("mrr") else f"{value:.4f}"
+
+
+def evaluate(
+    model: CroppableModel,
+    dataset: Dataset,
+    split: str = "test",
+    *,
+    dims: Sequence[int] | None = None,
+    ties: Ties = "realistic",
+    filtered: bool = True,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> Metrics:
+    """Filtered link prediction on ``split`` for every sub-model (or for ``dims``, any d <= d_n).
+
+    Args:
+        ties: "realistic" (default), "optimistic" or "pessimistic" rank of the true entity among ties.
+        filtered: skip candidates that form known triples (the standard setting); False gives raw ranks.
+        memory_budget: bytes for one block of scores; the default suits the device (small blocks on the
+            CPU, where they are fastest). Peak memory is a few blocks plus O(triples * dims).
+    """
+    if ties not in ("realistic", "optimistic", "pessimistic"):
+        raise MedkgeError(f"ties must be realistic, optimistic or pessimistic, got {ties!r}")
+    if model.num_entities != dataset.num_entities or model.num_relations != dataset.num_relations:
+        raise MedkgeError(
+            f"the model has {model.num_entities} entities and {model.num_relations} relations, "
+            f"the dataset {dataset.num_entities} and {dataset.num_relations}"
+        )
+    prefix = model.prefix if dims is None else Prefix(dims)
+    scorer = BlockScorer(model, prefix, memory_budget)
+    device = model.entity.device
+    triples = dataset.split(split).to(device)
+    known = torch.unique(dataset.known_triples(), dim=0).to(device) if filtered else triples
+    ranks: dict[str, Tensor] = {}
+    bar = tqdm(
+        total=len(triples) * len(dataset.directions),
+        desc=f"evaluate {split}",
+        unit="query",
+        disable=not progress,
+        leave=False,
+    )
+    with torch.no_grad(), bar:
+        for side in dataset.directions:
+            candidates = dataset.tail_candidates if side == "tail" else None
+            ranks[side] = _rank(scorer, side, triples, known, candidates, ties, filtered, bar)
+    return _metrics(ranks, prefix.dims, split, ties)
+
+
+def _rank(
+    scorer: BlockScorer,
+    side: Side,
+    triples: Tensor,
+    known: Tensor,
+    candidates: Tensor | None,
+    ties: Ties,
+    filtered: bool,
+    bar: tqdm,
+) -> Tensor:
+    """Ranks ``[N, n]`` of the true ``side`` entity of each triple, for every sub-model."""
+    device = triples.device
+    num_entities = scorer.entity.shape[0]
+    anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
+    # position of each entity among the candidates (-1: not a candidate)
+    if candidates is None:
+        position = torch.arange(num_entities, device=device)
+        num_candidates = num_entities
+    else:
+        candidates = candidates.to(device)
+        position = torch.full((num_entities,), -1, dtype=torch.long, device=device)
+        position[candidates] = torch.arange(len(candidates), device=device)
+        num_candidates = len(candidates)
+        if (position[triples[:, true_col]] < 0).any():
+            raise MedkgeError(f"an evaluation triple's {side} is not among the {side} candidates")
+    index = _FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
+    q_step, c_step = scorer.block_shape(len(triples), num_candidates)
+    out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
+    for q0 in range(0, len(triples), q_step):
+        chunk = triples[q0 : q0 + q_step]
+        anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
+        query, r_rows = scorer.queries(side, anchor, rel)
+        # rank on the sums before the final monotone step (gamma - s, ...): same order, one pass less
+        true_scores = scorer.pairs(side, query, r_rows, true, finish=False)
+        if torch.isnan(true_scores).any():
+            warnings.warn("NaN scores in evaluation: NaN is ranked last", stacklevel=3)
+        # Filtered (query, candidate) pairs of this chunk, sorted by candidate. The true entity is always
+        # among them, so it is never compared with itself.
+        if filtered:
+            pair_query, pair_entity = index.lookup(anchor, rel)
+        else:
+            pair_query, pair_entity = torch.arange(len(chunk), device=device), true
+        pair_pos = position[pair_entity]
+        keep = pair_pos >= 0
+        pair_query, pair_pos = pair_query[keep], pair_pos[keep]
+        order = torch.argsort(pair_pos)
+        pair_query, pair_pos = pair_query[order], pair_pos[order]
+        # candidates each query is ranked among
+        among = num_candidates - torch.bincount(pair_query, minlength=len(chunk)).to(out.dtype)
+        blocks = (scorer, side, query, r_rows, candidates, num_candidates, c_step, pair_query, pair_pos)
+        balance, equal = _count(*blocks, true_scores, need_equal=ties != "realistic", nan_safe=False)
+        if torch.isnan(balance).any():  # NaN or infinite scores: count again with plain comparisons
+            balance, equal = _count(*blocks, true_scores, need_equal=ties != "realistic", nan_safe=True)
+        # balance = higher - lower, among = higher + lower + equal
+        balance *= scorer.interaction.sum_sign
+        among = among.unsqueeze(1)
+        if ties == "realistic":
+            rank = 1 + (among + balance) / 2
+        elif ties == "optimistic":
+            rank = 1 + (among - equal + balance) / 2
+        else:
+            rank = 1 + (among + equal + balance) / 2
+        out[q0 : q0 + len(chunk)] = rank
+        bar.update(len(chunk))
+    return out.cpu()
+
+
+def _count(
+    scorer: BlockScorer,
+    side: Side,
+    query: Tensor,
+    r_rows: Tensor,
+    candidates: Tensor | None,
+    num_candidates: int,
+    c_step: int,
+    pair_query: Tensor,
+    pair_pos: Tensor,
+    true_scores: Tensor,
+    need_equal: bool,
+    nan_safe: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Per query and sub-model: (candidates scoring higher - candidates scoring lower, ties), filtered.
+
+    sign(score - true) summed over a block counts both at once in one cheap pass. The nan_safe pass
+    compares instead, treating NaN scores as lowest; it runs only where the fast pass met NaN or inf.
+    """
+    device = true_scores.device
+    true = true_scores.unsqueeze(1)  # [Q, 1, n]
+    if nan_safe:  # NaN ranks last: -inf in the orientation of the sums
+        true = true.nan_to_num(nan=-math.inf * scorer.interaction.sum_sign)
+    balance = torch.zeros(true_scores.shape, dtype=torch.float64, device=device)
+    equal = torch.zeros_like(balance) if need_equal else None
+    starts = list(range(0, num_candidates, c_step))
+    edges = torch.searchsorted(pair_pos, torch.tensor([*starts, num_candidates], device=device)).tolist()
+
+    def sign(scores: Tensor, reference: Tensor) -> Tensor:  # overwrites scores
+        if nan_safe:
+            scores = scores.nan_to_num_(nan=-math.inf * scorer.interaction.sum_sign)
+            return (scores > reference).to(scores.dtype) - (scores < reference).to(scores.dtype)
+        return scores.sub_(reference).sign_()
+
+    for block, c0 in enumerate(starts):
+        c1 = min(c0 + c_step, num_candidates)
+        ids = slice(c0, c1) if candidates is None else candidates[c0:c1]
+        scores = scorer.block(side, query, r_rows, ids, finish=False)  # [Q, C, n]
+        lo, hi = edges[block], edges[block + 1]
+        if hi > lo:  # the filtered candidates of this block, to take back out
+            q_idx = pair_query[lo:hi]
+            filtered = scores[q_idx, pair_pos[lo:hi] - c0]  # [P, n]
+            if equal is not None:
+                equal.index_add_(0, q_idx, -(filtered == true[q_idx, 0]).to(equal.dtype))
+            balance.index_add_(0, q_idx, -sign(filtered, true[q_idx, 0]).to(balance.dtype))
+        if equal is not None:
+            equal += (scores == true).sum(1)
+        balance += sign(scores, true).sum(1)
+    return balance, equal
+
+
+class _FilterIndex:
+    """Known triples sorted by (anchor, relation), to list the known answers of many queries at once."""
+
+    def __init__(self, known: Tensor, anchor_col: int, answer_col: int, num_relations: int):
+        self.num_relations = num_relations
+        keys = known[:, anchor_col] * num_relations + known[:, 1]
+        order = torch.argsort(keys)
+        self.keys = keys[order]
+        self.answers = known[order, answer_col]
+
+    def lookup(self, anchor: Tensor, rel: Tensor) -> tuple[Tensor, Tensor]:
+        """(query index, known answer) pairs for queries (anchor, rel)."""
+        keys = anchor * self.num_relations + rel
+        lo = torch.searchsorted(self.keys, keys)
+        hi = torch.searchsorted(self.keys, keys, right=True)
+        counts = hi - lo
+        query = torch.repeat_interleave(torch.arange(len(keys), device=keys.device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        offset = torch.arange(len(query), device=keys.device) - starts[query]
+        return query, self.answers[lo[query] + offset]
+
+
+def _metrics(ranks: dict[str, Tensor], dims: Sequence[int], split: str, ties: str) -> Metrics:
+    by_dim: dict[int, dict[str, float]] = {d: {} for d in dims}
+    groups = {"": torch.cat(list(ranks.values()))} | {f"{side}.": r for side, r in ranks.items()}
+    for prefix_key, r in groups.items():
+        r = r.double()
+        values = {
+            "mrr": (1.0 / r).mean(0),
+            "mr": r.mean(0),
+            **{f"hits@{k}": (r <= k).double().mean(0) for k in HITS},
+        }
+        for i, d in enumerate(dims):
+            for key, v in values.items():
+                by_dim[d][prefix_key + key] = float(v[i])
+    for d in dims:
+        by_dim[d]["queries"] = sum(len(r) for r in ranks.values())
+    return Metrics(by_dim, split, ties, ranks)

@@ -1,0 +1,166 @@
+"""Files: atomic writes, safetensors model and checkpoint files, vocabularies, JSON logs.
+
+A run folder holds::
+
+    config.yaml             the full resolved configuration
+    model.safetensors       the kept model (MED: one croppable model)
+    models/dim_<d>.safetensors  the per-dim models of DT, BKD and DualDE runs
+    entities.tsv, relations.tsv  vocabularies: id <TAB> label
+    metrics.jsonl           one JSON line per epoch and per validation
+    results.json            final per-dim metrics (valid, test), training time and device
+    checkpoint.safetensors  training state for --resume (model, optimiser, random generator, progress)
+
+A model file is safetensors: the tables ``entity`` and ``relation`` plus a JSON header entry
+``medkge`` with the model's spec (type, dims, gamma, ...). safetensors holds raw tensors only, so
+loading one never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from .errors import MedkgeError
+
+MODEL_FILE = "model.safetensors"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FORMAT = "medkge-model"
+FORMAT_VERSION = "1"
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Save tensors and a JSON-able metadata dict as one safetensors file, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, save(tensors, metadata={"medkge": json.dumps(metadata)}))
+
+
+def load_tensors(path: Path, what: str = "medkge file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a file written by :func:`save_tensors`; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedkgeError(f"{path}: no such file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+        metadata = json.loads(header["medkge"])
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MedkgeError(f"{path}: not a valid {what} (truncated or corrupt? {reason})") from None
+    if not isinstance(metadata, dict):
+        raise MedkgeError(f"{path}: not a valid {what} (bad metadata)")
+    return tensors, metadata
+
+
+def save_model(path: Path, model: Any) -> None:
+    """Save a :class:`~medkge.model.CroppableModel` as a safetensors model file."""
+    save_tensors(
+        path,
+        {"entity": model.entity, "relation": model.relation},
+        {"format": FORMAT, "version": FORMAT_VERSION, "spec": model.spec()},
+    )
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> Any:
+    """Load a model file written by :func:`save_model`."""
+    from .model import CroppableModel
+
+    tensors, metadata = load_tensors(path, "medkge model file")
+    if metadata.get("format") != FORMAT or "spec" not in metadata:
+        raise MedkgeError(f"{path}: not a medkge model file")
+    if set(tensors) != {"entity", "relation"}:
+        raise MedkgeError(f"{path}: a model file holds the tables 'entity' and 'relation', found {sorted(tensors)}")
+    try:
+        model = CroppableModel.from_spec(metadata["spec"], tensors["entity"], tensors["relation"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise MedkgeError(f"{path}: bad model description ({error})") from None
+    return model.to(device).eval()
+
+
+def write_vocab(path: Path, labels: list[str]) -> None:
+    atomic_write(path, "".join(f"{i}\t{label}\n" for i, label in enumerate(labels)))
+
+
+def read_vocab(path: Path) -> list[str]:
+    """Labels in id order from an ``id<TAB>label`` file."""
+    labels: list[str] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line:
+            continue
+        index, sep, label = line.partition("\t")
+        if not sep or not index.isdigit() or int(index) != len(labels):
+            raise MedkgeError(f"{path}:{number}: expected '<id><TAB><label>' with ids 0, 1, 2, ... in order")
+        labels.append(label)
+    return labels
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    if not Path(path).is_file():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def truncate_jsonl(path: Path, lines: int) -> None:
+    """Keep the first ``lines`` records (a resumed run drops what the interrupted one logged later)."""
+    records = list(read_jsonl(path))[:lines]
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as error:
+        raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise MedkgeError(f"{path}: not valid JSON ({error})") from None

@@ -1,0 +1,347 @@
+"""The croppable model: one pair of embedding tables whose prefixes are the sub-models.
+
+``CroppableModel("rotate", num_entities, num_relations, dims=[10, 20, ..., 640])`` holds an entity table
+``[E, parts, 640]`` and a relation table ``[R, parts, 640]``. Sub-model i uses coordinates [0, d_i) of
+every row. All scoring methods return every sub-model's score at once (last axis, one per dim);
+``crop(d)`` gives a standalone d-dimensional model whose scores equal sub-model d's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import MedkgeError
+from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction
+
+DEFAULT_DIMS: tuple[int, ...] = tuple(range(10, 641, 10))
+DEFAULT_GAMMA = 12.0
+
+
+class CroppableModel(nn.Module):
+    """A KGE model whose first d_i coordinates form a working d_i-dimensional model, for every d_i.
+
+    Args:
+        model: one of transe, distmult, complex, rotate, simple, pairre.
+        num_entities, num_relations: table sizes.
+        dims: increasing sub-model dimensions; the tables are ``dims[-1]`` wide. "Dimension" follows each
+            model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
+        gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
+        p: TransE's norm (1 or 2).
+        normalize_entities: scale entity rows to unit L2 norm over the full width before scoring
+            (always on for PairRE; optional for TransE). A cropped model stores normalised prefixes.
+        init_scale: entries start uniform in [-init_scale, init_scale]; default (gamma + 2) / D for the
+            distance models (RotatE's choice) and 0.1 for the bilinear ones.
+        phase_scale: RotatE only; phase = stored relation value * phase_scale (default pi / init_scale,
+            RotatE's parametrisation, so phases start uniform in [-pi, pi]).
+        generator: random generator for the initialisation.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        num_entities: int,
+        num_relations: int,
+        dims: Sequence[int] | range = DEFAULT_DIMS,
+        *,
+        gamma: float | None = None,
+        p: int = 1,
+        normalize_entities: bool | None = None,
+        init_scale: float | None = None,
+        phase_scale: float | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.interaction: Interaction = get_interaction(model, p)
+        self.model_name = model
+        self.p = p
+        self.dims = check_dims(dims)
+        self.prefix = Prefix(self.dims)
+        self.gamma = float(DEFAULT_GAMMA if gamma is None else gamma)
+        if normalize_entities is None:
+            normalize_entities = self.interaction.normalizes_entities
+        self.normalize_entities = bool(normalize_entities)
+        if num_entities < 1 or num_relations < 1:
+            raise MedkgeError("a model needs at least one entity and one relation")
+        width = self.dims[-1]
+        if init_scale is None:
+            init_scale = (self.gamma + 2.0) / width if self.interaction.uses_gamma else 0.1
+        self.init_scale = float(init_scale)
+        if phase_scale is None:
+            phase_scale = math.pi / self.init_scale
+        self.phase_scale = float(phase_scale) if model == "rotate" else 1.0
+        it = self.interaction
+        self.entity = nn.Parameter(torch.empty(num_entities, it.entity_parts, width))
+        self.relation = nn.Parameter(torch.empty(num_relations, it.relation_parts, width))
+        with torch.no_grad():
+            for table in (self.entity, self.relation):
+                table.uniform_(-self.init_scale, self.init_scale, generator=generator)
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """The full width d_n."""
+        return self.dims[-1]
+
+    @property
+    def num_entities(self) -> int:
+        return self.entity.shape[0]
+
+    @property
+    def num_relations(self) -> int:
+        return self.relation.shape[0]
+
+    def spec(self) -> dict:
+        """What is needed, with the tables, to rebuild this model (saved next to them)."""
+        return {
+            "model": self.model_name,
+            "dims": list(self.dims),
+            "gamma": self.gamma,
+            "p": self.p,
+            "normalize_entities": self.normalize_entities,
+            "init_scale": self.init_scale,
+            "phase_scale": self.phase_scale,
+            "num_entities": self.num_entities,
+            "num_relations": self.num_relations,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict, entity: Tensor | None = None, relation: Tensor | None = None) -> CroppableModel:
+        """Rebuild a model from :meth:`spec` and (optionally) its tables."""
+        model = cls(
+            spec["model"],
+            int(spec["num_entities"]),
+            int(spec["num_relations"]),
+            spec["dims"],
+            gamma=spec["gamma"],
+            p=int(spec.get("p", 1)),
+            normalize_entities=spec["normalize_entities"],
+            init_scale=spec["init_scale"],
+            phase_scale=spec["phase_scale"],
+        )
+        if entity is not None:
+            model = model.to(dtype=entity.dtype)
+        with torch.no_grad():
+            for param, value in ((model.entity, entity), (model.relation, relation)):
+                if value is None:
+                    continue
+                if value.shape != param.shape:
+                    raise MedkgeError(
+                        f"table shape {tuple(value.shape)} does not match the model's {tuple(param.shape)}"
+                    )
+                param.copy_(value)
+        return model
+
+    def extra_repr(self) -> str:
+        dims = self.dims if len(self.dims) <= 6 else f"({self.dims[0]}, {self.dims[1]}, ..., {self.dims[-1]})"
+        return f"{self.model_name}, entities={self.num_entities}, relations={self.num_relations}, dims={dims}"
+
+    # ---- rows in the form the interaction expects ----------------------------------------------
+    def entity_rows(self, index: Tensor) -> Tensor:
+        """Entity rows ``[*index.shape, parts, D]`` (normalised over the full width where the model does)."""
+        rows = self.entity.index_select(0, index.reshape(-1)).view(*index.shape, *self.entity.shape[1:])
+        return self._normalize(rows)
+
+    def relation_rows(self, index: Tensor) -> Tensor:
+        """Relation rows ``[*index.shape, parts, D]`` (RotatE: phases)."""
+        rows = self.relation.index_select(0, index.reshape(-1)).view(*index.shape, *self.relation.shape[1:])
+        return rows * self.phase_scale if self.phase_scale != 1.0 else rows
+
+    def entity_table(self) -> Tensor:
+        return self._normalize(self.entity)
+
+    def relation_table(self) -> Tensor:
+        return self.relation * self.phase_scale if self.phase_scale != 1.0 else self.relation
+
+    def _normalize(self, rows: Tensor) -> Tensor:
+        if not self.normalize_entities:
+            return rows
+        return F.normalize(rows.flatten(-2), dim=-1).view_as(rows)
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def score_hrt(self, hrt: Tensor, dim: int | None = None) -> Tensor:
+        """Scores of triples ``[B, 3]`` for every sub-model: ``[B, n]`` (``[B]`` for one ``dim``)."""
+        hrt = self._check_ids(hrt, "hrt")
+        if hrt.ndim != 2 or hrt.shape[1] != 3:
+            raise MedkgeError(f"score_hrt expects triples of shape [B, 3], got {tuple(hrt.shape)}")
+        scores = self.score_candidates("tail", hrt[:, 0], hrt[:, 1], hrt[:, 2:3])[:, 0]
+        return self._pick(scores, dim)
+
+    def score_t(self, h: Tensor, r: Tensor, tails: Tensor | None = None, dim: int | None = None) -> Tensor:
+        """Scores of (h, r, t) for every tail t (or the given ``tails``): ``[B, num_tails, n]``.
+
+        Computed in blocks of bounded memory, without gradients (an inference method).
+        """
+        return self._score_all("tail", h, r, tails, dim)
+
+    def score_h(self, r: Tensor, t: Tensor, heads: Tensor | None = None, dim: int | None = None) -> Tensor:
+        """Scores of (h, r, t) for every head h (or the given ``heads``): ``[B, num_heads, n]``."""
+        return self._score_all("head", t, r, heads, dim)
+
+    def score_candidates(self, side: Side, anchor: Tensor, r: Tensor, candidates: Tensor) -> Tensor:
+        """Scores ``[B, C, n]`` with ``candidates [B, C]`` as the ``side`` entity of (anchor, r).
+
+        ``anchor [B]`` is the head when ``side`` is "tail" and the tail when it is "head". The query is
+        formed once per anchor and broadcast against its C candidates.
+        """
+        return self.score_groups([(side, anchor, r, candidates)])
+
+    def score_groups(self, groups: Sequence[tuple[Side, Tensor, Tensor, Tensor]]) -> Tensor:
+        """Scores of several (side, anchor [b], r [b], candidates [b, C]) groups, stacked: ``[sum b, C, n]``.
+
+        The training path: a batch of positives and negatives is one group per corrupted side. Rows are
+        gathered with one index per table, so the backward pass builds one gradient per table.
+        """
+        it = self.interaction
+        entity_ids = [x for _, anchor, _, cands in groups for x in (anchor, cands.reshape(-1))]
+        # split (not slicing) so that the backward pass concatenates the pieces' gradients
+        entity = self.entity_rows(torch.cat(entity_ids)).split([len(x) for x in entity_ids])
+        relation = self.relation_rows(torch.cat([r for _, _, r, _ in groups])).split([len(g[2]) for g in groups])
+        scores = []
+        for i, (side, _, _, cands) in enumerate(groups):
+            anchor_rows = entity[2 * i].unsqueeze(1)
+            cand_rows = entity[2 * i + 1].view(*cands.shape, *entity[0].shape[1:])
+            r_rows = relation[i].unsqueeze(1)
+            query = it.query(side, anchor_rows, r_rows)
+            scores.append(it.finish(self.prefix(it.terms(query, it.candidate(side, cand_rows, r_rows))), self.gamma))
+        return scores[0] if len(scores) == 1 else torch.cat(scores)
+
+    @torch.no_grad()
+    def _score_all(self, side: Side, anchor: Tensor, r: Tensor, candidates: Tensor | None, dim: int | None) -> Tensor:
+        anchor = self._check_ids(anchor, "entity").reshape(-1)
+        r = self._check_ids(r, "relation").reshape(-1)
+        if candidates is None:
+            candidates = torch.arange(self.num_entities, device=self.entity.device)
+        candidates = self._check_ids(candidates, "entity").reshape(-1)
+        if len(anchor) != len(r):
+            raise MedkgeError(f"got {len(anchor)} entities but {len(r)} relations")
+        scorer = BlockScorer(self)
+        scores = self.entity.new_empty(len(anchor), len(candidates), len(self.dims))
+        q_step, c_step = scorer.block_shape(len(anchor), len(candidates))
+        for q0 in range(0, len(anchor), q_step):
+            q = slice(q0, q0 + q_step)
+            query, r_rows = scorer.queries(side, anchor[q], r[q])
+            for c0 in range(0, len(candidates), c_step):
+                c = slice(c0, c0 + c_step)
+                scores[q, c] = scorer.block(side, query, r_rows, candidates[c])
+        return self._pick(scores, dim)
+
+    def _pick(self, scores: Tensor, dim: int | None) -> Tensor:
+        if dim is None:
+            return scores
+        if dim not in self.dims:
+            raise MedkgeError(f"dim {dim} is not a sub-model of this model (dims {list(self.dims)}); use crop({dim})")
+        return scores[..., self.dims.index(dim)]
+
+    def _check_ids(self, ids: Tensor | Sequence[int], kind: str) -> Tensor:
+        ids = torch.as_tensor(ids, device=self.entity.device)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise MedkgeError(f"{kind} ids must be integers, got {ids.dtype}")
+        ids = ids.long()
+        if ids.numel():
+            limits = {"entity": self.num_entities, "relation": self.num_relations}
+            if kind == "hrt":
+                bad = (ids < 0).any() or (ids[..., [0, 2]] >= self.num_entities).any()
+                bad = bad or (ids[..., 1] >= self.num_relations).any()
+            else:
+                bad = (ids < 0).any() or (ids >= limits[kind]).any()
+            if bad:
+                raise MedkgeError(
+                    f"{kind} id out of range (model has {self.num_entities} entities, {self.num_relations} relations)"
+                )
+        return ids
+
+    # ---- cropping ----------------------------------------------------------------------------
+    def crop(self, dim: int) -> CroppableModel:
+        """A standalone ``dim``-dimensional model: the tables' first ``dim`` coordinates.
+
+        Any 1 <= dim <= d_n is allowed. Entity normalisation (PairRE) was applied over the full width
+        in training, so the cropped model stores the normalised prefix and does not normalise again.
+        """
+        dim = int(dim)
+        if not 1 <= dim <= self.dim:
+            raise MedkgeError(f"crop dimension must be between 1 and {self.dim}, got {dim}")
+        spec = self.spec() | {"dims": [dim], "normalize_entities": False}
+        with torch.no_grad():
+            entity = self.entity_table()[..., :dim].detach().clone()
+            relation = self.relation[..., :dim].detach().clone()
+        cropped = CroppableModel.from_spec(spec, entity, relation)
+        return cropped.to(self.entity.device).train(self.training)
+
+
+class BlockScorer:
+    """Scores many queries against many candidates with a model's tables, in blocks (no gradients).
+
+    The tables are prepared once (normalised, phases scaled, cropped to the widest dim needed and, for
+    the element-wise kernels, with coordinates interleaved for fast segment sums), so that per block
+    only the query-candidate terms are computed. Used by ``score_t``/``score_h`` and by evaluation.
+    """
+
+    def __init__(self, model: CroppableModel, prefix: Prefix | None = None, budget: int | None = None):
+        self.model = model
+        self.interaction = it = model.interaction
+        dims = model.dims if prefix is None else prefix.dims
+        if dims[-1] > model.dim:
+            raise MedkgeError(f"dims go up to {dims[-1]} but the model is {model.dim} wide")
+        self.use_matmul = it.kernel == "dot" and not it.candidates_depend_on_relation
+        self.prefix = Prefix(dims, interleaved=not self.use_matmul)
+        with torch.no_grad():
+            self.entity = self.prefix.interleave(model.entity_table().detach()[..., : dims[-1]])
+            self.relation = self.prefix.interleave(model.relation_table().detach()[..., : dims[-1]])
+        self.budget = budget
+
+    def block_shape(self, num_queries: int, num_candidates: int) -> tuple[int, int]:
+        """Queries and candidates per block so that a block's working set stays near the budget.
+
+        The default budget is small on the CPU: blocks that stay in cache and under glibc's mmap
+        threshold run several times faster than big ones here; on a GPU it is 512 MiB.
+        """
+        it, prefix, budget = self.interaction, self.prefix, self.budget
+        if budget is None:
+            on_cpu = self.entity.device.type == "cpu"
+            budget = (32 << 20 if self.use_matmul else 8 << 20) if on_cpu else 512 << 20
+        n = len(prefix.dims)
+        if self.use_matmul:
+            pair_bytes = 4 * (2 * prefix.segments + 2 * n)  # the [G, Q, C] products and their prefix sums
+        else:
+            pair_bytes = 4 * (it.entity_parts * prefix.width + prefix.segments + 2 * n)
+        pairs = max(1, budget // pair_bytes)
+        # a few hundred candidates per query keep the inner loops long; queries fill the rest
+        queries = max(1, min(num_queries, pairs // min(num_candidates, 256)))
+        return queries, max(1, min(num_candidates, pairs // queries))
+
+    def queries(self, side: Side, anchor: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """Query rows ``[Q, parts, W]`` for (anchor, r), and the relation rows they were made from."""
+        r_rows = self.relation[r]
+        return self.interaction.query(side, self.entity[anchor], r_rows), r_rows
+
+    @torch.no_grad()
+    def block(
+        self, side: Side, query: Tensor, r_rows: Tensor, candidates: Tensor | slice, finish: bool = True
+    ) -> Tensor:
+        """Scores ``[Q, C, n]`` of every query against every candidate (ids, or a slice of ids).
+
+        ``finish=False`` returns the prefix sums before the model's final monotone step (gamma - s, ...):
+        enough to rank, as ``interaction.sum_sign`` says which way.
+        """
+        it = self.interaction
+        cand = self.entity[candidates]
+        if self.use_matmul:
+            sums = dot_block(query, cand, self.prefix)
+        else:
+            # [Q, 1, parts, W] against [1, C, parts, W] (or [Q, C, ...] when candidates depend on r)
+            cand = it.candidate(side, cand.unsqueeze(0), r_rows.unsqueeze(1))
+            sums = self.prefix(it.terms(query.unsqueeze(1), cand, inplace=True), inplace=True)
+        return it.finish(sums, self.model.gamma, inplace=True) if finish else sums
+
+    @torch.no_grad()
+    def pairs(self, side: Side, query: Tensor, r_rows: Tensor, candidates: Tensor, finish: bool = True) -> Tensor:
+        """Scores ``[Q, n]`` of query i against candidate i (``finish`` as in :meth:`block`)."""
+        it = self.interaction
+        cand = it.candidate(side, self.entity[candidates], r_rows)
+        sums = self.prefix(it.terms(query, cand, inplace=True), inplace=True)
+        return it.finish(sums, self.model.gamma, inplace=True) if finish else sums

@@ -1,0 +1,314 @@
+"""The trainer: batches, negatives, Adam with linear decay, validation, early stopping, checkpoints.
+
+``train(dataset="kinships", model="rotate", dims=[...], epochs=..., out="runs/x")`` trains MED and returns
+the :class:`~medkge.run.Run`. A run is deterministic for a seed on one machine: shuffling and negatives
+come from one ``torch.Generator`` whose state is checkpointed with the model and the optimiser, so a
+run killed mid-epoch and resumed from its last checkpoint ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import runtime
+from .config import Config, parse_metric
+from .datasets import Dataset
+from .errors import MedkgeError
+from .evaluation import Metrics, evaluate
+from .files import append_jsonl, load_tensors, read_jsonl, save_model, save_tensors, truncate_jsonl
+from .losses import regularization
+from .model import CroppableModel
+from .sampling import NegativeSampler, batches
+
+# (loss, logs) from the scores [B, 1 + K, n] of a batch
+Objective = Callable[[Tensor, "Batch"], tuple[Tensor, dict[str, Tensor]]]
+
+
+@dataclass
+class Batch:
+    """One training batch: positives and their negatives, grouped by the side that was corrupted.
+
+    ``parts`` holds (side, anchor ids, relation ids, candidate ids [b, 1 + K]) per side; candidate
+    column 0 is the positive. Objectives that need another model's scores on the same triples
+    (distillation) score ``parts`` with :func:`score_batch`.
+    """
+
+    parts: list[tuple[str, Tensor, Tensor, Tensor]]
+    positives: Tensor
+
+
+def make_batch(positives: Tensor, corrupt_head: Tensor, negatives: Tensor) -> Batch:
+    parts = []
+    for side, mask in (("tail", ~corrupt_head), ("head", corrupt_head)):
+        if not bool(mask.any()):
+            continue
+        p = positives[mask]
+        anchor, true = (p[:, 0], p[:, 2]) if side == "tail" else (p[:, 2], p[:, 0])
+        parts.append((side, anchor, p[:, 1], torch.cat([true.unsqueeze(1), negatives[mask]], dim=1)))
+    return Batch(parts, positives)
+
+
+def score_batch(model: CroppableModel, batch: Batch) -> Tensor:
+    """Scores ``[B, 1 + K, n]`` of a batch for every sub-model of ``model`` (rows grouped by side)."""
+    return model.score_groups(batch.parts)
+
+
+@dataclass
+class TrainState:
+    """Progress of one model's training, saved in its checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_validations: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    log_lines: int = 0  # lines in the log file when the checkpoint was written
+    best_metrics: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains one model with one objective, validating, checkpointing and keeping the best model.
+
+    Files: the kept model goes to ``model_path``, the training state to ``checkpoint_path``, one JSON
+    line per epoch and validation to ``log_path`` (tagged with ``tag`` when several models share a log).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        dataset: Dataset,
+        model: CroppableModel,
+        objective: Objective,
+        *,
+        model_path: Path,
+        checkpoint_path: Path,
+        log_path: Path,
+        extra_parameters: list[torch.nn.Parameter] | None = None,
+        lr: float | None = None,
+        epochs: int | None = None,
+        seed: int | None = None,
+        tag: str = "",
+        progress: bool = True,
+    ):
+        self.cfg = config
+        self.dataset = dataset
+        self.device = runtime.resolve_device(config.train.device)
+        self.model = model.to(self.device)
+        self.objective = objective
+        self.model_path, self.checkpoint_path, self.log_path = model_path, checkpoint_path, log_path
+        self.extra_parameters = [p for p in (extra_parameters or []) if p.requires_grad]
+        self.lr = config.train.lr if lr is None else lr
+        self.epochs = config.train.epochs if epochs is None else epochs
+        self.tag = tag
+        self.progress = progress
+        self.metric, self.metric_dim = parse_metric(config.eval.metric, list(model.dims))
+        tc = config.train
+        self.sampler = NegativeSampler(
+            dataset.train, dataset.num_entities, dataset.num_relations, tc.negatives, tc.corruption, tc.filter_negatives
+        )
+        self.generator = torch.Generator().manual_seed(tc.seed if seed is None else seed)
+        self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.extra_parameters], lr=self.lr)
+        self.train_triples = dataset.train
+        self.steps_per_epoch = math.ceil(len(dataset.train) / tc.batch_size)
+        self.state = TrainState()
+        self.log_lines = sum(1 for _ in read_jsonl(log_path))  # the log may be shared with earlier models
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Train to the last epoch or until early stopping; resumes from the checkpoint if there is one."""
+        if self.checkpoint_path.is_file():
+            self.load_checkpoint()
+        else:  # a first checkpoint, so that a run killed before its next one restarts cleanly
+            self.save_checkpoint()
+        if self.state.finished:
+            return self.state
+        every = self.cfg.eval.every
+        desc = f"train {self.tag}".strip()
+        bar = tqdm(
+            range(self.state.epoch + 1, self.epochs + 1),
+            desc=desc,
+            unit="epoch",
+            disable=not self.progress,
+            initial=self.state.epoch,
+            total=self.epochs,
+        )
+        for epoch in bar:
+            stats = self.train_epoch(epoch)
+            self.log({"type": "epoch", "epoch": epoch, **stats})
+            postfix = {"loss": f"{stats['loss']:.4f}", "triples/s": f"{stats['triples_per_s']:.0f}"}
+            if every and (epoch % every == 0 or epoch == self.epochs):
+                self.validate(epoch)
+                postfix["best"] = f"{self.state.best_value:.4f}"
+            bar.set_postfix(postfix)
+            last = epoch == self.epochs or self.state.stopped_early
+            if last:
+                self.state.finished = True
+                if not every:  # nothing to choose from: keep the last model
+                    save_model(self.model_path, self.model)
+                    self.state.best_epoch = epoch
+            if last or (self.cfg.train.checkpoint_every and epoch % self.cfg.train.checkpoint_every == 0):
+                self.save_checkpoint()
+            if self.state.stopped_early:
+                break
+        bar.close()
+        return self.state
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        model, tc = self.model, self.cfg.train
+        model.train()
+        started = time.perf_counter()
+        total_steps = self.epochs * self.steps_per_epoch
+        sums: dict[str, Tensor] = {}
+        order = batches(len(self.train_triples), tc.batch_size, self.generator)
+        inner = tqdm(
+            order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.progress or len(order) < 50
+        )
+        for index in inner:
+            positives = self.train_triples[index]
+            corrupt_head, negatives = self.sampler.sample(positives, self.generator)
+            batch = make_batch(positives.to(self.device), corrupt_head.to(self.device), negatives.to(self.device))
+            lr = self.lr * (1 - self.state.step / total_steps) if tc.lr_schedule == "linear" else self.lr
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            scores = score_batch(model, batch)
+            loss, logs = self.objective(scores, batch)
+            if self.cfg.loss.regularizer != "none" and self.cfg.loss.reg_weight > 0:
+                reg = self.cfg.loss.reg_weight * self.regularizer(batch.positives)
+                loss = loss + reg
+                logs["reg"] = reg.detach()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state.step += 1
+            for key, value in {"loss": loss.detach(), **logs}.items():
+                sums[key] = sums.get(key, 0) + value.detach().float()
+        seconds = time.perf_counter() - started
+        self.state.train_seconds += seconds
+        self.state.epoch = epoch
+        stats = {key: float(value) / len(order) for key, value in sums.items()}
+        if not math.isfinite(stats["loss"]):
+            raise MedkgeError(
+                f"training diverged at epoch {epoch} (loss {stats['loss']}); try a lower train.lr or another gamma"
+            )
+        stats |= {"seconds": seconds, "triples_per_s": len(self.train_triples) / seconds, "lr": lr}
+        weights = getattr(self.objective, "w", None)
+        if isinstance(weights, Tensor):
+            stats["w"] = [round(float(x), 6) for x in weights.detach()]
+        return stats
+
+    def regularizer(self, positives: Tensor) -> Tensor:
+        m = self.model
+        rows = [m.entity_rows(positives[:, 0]), m.relation_rows(positives[:, 1]), m.entity_rows(positives[:, 2])]
+        complex_parts = [m.interaction.complex_entities, m.model_name == "complex", m.interaction.complex_entities]
+        return regularization(self.cfg.loss.regularizer, rows, complex_parts)
+
+    # ---- validation and the kept model --------------------------------------------------------
+    def validate(self, epoch: int) -> Metrics:
+        started = time.perf_counter()
+        metrics = evaluate(
+            self.model,
+            self.dataset,
+            "valid",
+            ties=self.cfg.eval.ties,
+            memory_budget=self.cfg.eval.memory_budget,
+            progress=self.progress,
+        )
+        self.state.eval_seconds += time.perf_counter() - started
+        value = metrics.mean(self.metric) if self.metric_dim is None else metrics[self.metric_dim][self.metric]
+        best = self.state.best_value
+        improved = best is None or (value < best if self.metric == "mr" else value > best)
+        if improved:
+            self.state.best_value, self.state.best_epoch, self.state.bad_validations = value, epoch, 0
+            self.state.best_metrics = metrics.to_dict()
+            save_model(self.model_path, self.model)
+        else:
+            self.state.bad_validations += 1
+            patience = self.cfg.eval.patience
+            self.state.stopped_early = bool(patience) and self.state.bad_validations >= patience
+        self.log(
+            {
+                "type": "valid",
+                "epoch": epoch,
+                "metric": self.cfg.eval.metric,
+                "value": value,
+                "improved": improved,
+                "seconds": time.perf_counter() - started,
+                "dims": {str(d): {"mrr": metrics[d]["mrr"], "hits@10": metrics[d]["hits@10"]} for d in metrics.dims},
+            }
+        )
+        return metrics
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.tag:
+            record = {"model": self.tag, **record}
+        append_jsonl(self.log_path, record)
+        self.log_lines += 1
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        tensors = {"model.entity": self.model.entity, "model.relation": self.model.relation}
+        for i, p in enumerate(self.extra_parameters):
+            tensors[f"extra.{i}"] = p
+        optim = self.optimizer.state_dict()
+        for index, state in optim["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors["generator"] = self.generator.get_state()
+        self.state.log_lines = self.log_lines
+        metadata = {"state": self.state.__dict__, "param_groups": optim["param_groups"]}
+        save_tensors(self.checkpoint_path, tensors, metadata)
+
+    def load_checkpoint(self) -> None:
+        tensors, metadata = load_tensors(self.checkpoint_path, "medkge checkpoint")
+        try:
+            with torch.no_grad():
+                self.model.entity.copy_(tensors["model.entity"])
+                self.model.relation.copy_(tensors["model.relation"])
+                for i, p in enumerate(self.extra_parameters):
+                    p.copy_(tensors[f"extra.{i}"])
+            optim_state: dict[int, dict[str, Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, index, name = key.split(".", 2)
+                    optim_state.setdefault(int(index), {})[name] = value
+            self.optimizer.load_state_dict({"state": optim_state, "param_groups": metadata["param_groups"]})
+            self.generator.set_state(tensors["generator"])
+            self.state = TrainState(**metadata["state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
+            raise MedkgeError(f"{self.checkpoint_path}: does not match this run ({error})") from None
+        # what the interrupted run logged after its last checkpoint will be logged again: drop it
+        truncate_jsonl(self.log_path, self.state.log_lines)
+        self.log_lines = self.state.log_lines
+
+
+def build_model(
+    cfg: Config, dataset: Dataset, dims: list[int] | None = None, seed: int | None = None
+) -> CroppableModel:
+    """The configured model for ``dataset`` (with ``dims`` instead of the configured ones if given)."""
+    generator = torch.Generator().manual_seed(cfg.train.seed if seed is None else seed)
+    mc = cfg.model
+    return CroppableModel(
+        mc.name,
+        dataset.num_entities,
+        dataset.num_relations,
+        mc.dims if dims is None else dims,
+        gamma=mc.gamma,
+        p=mc.p,
+        normalize_entities=mc.normalize_entities,
+        init_scale=mc.init_scale,
+        generator=generator,
+    )

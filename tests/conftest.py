@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import torch
+
+from medkge import Dataset
+
+
+def random_dataset(num_entities: int = 12, num_relations: int = 3, sizes=(60, 15, 15), seed: int = 0) -> Dataset:
+    """A small random graph with ids for labels ("e0", "r0", ...); splits share no triple."""
+    g = torch.Generator().manual_seed(seed)
+    total = sum(sizes)
+    triples = torch.stack(
+        [
+            torch.randint(num_entities, (total * 3,), generator=g),
+            torch.randint(num_relations, (total * 3,), generator=g),
+            torch.randint(num_entities, (total * 3,), generator=g),
+        ],
+        1,
+    )
+    triples = torch.unique(triples, dim=0)
+    triples = triples[torch.randperm(len(triples), generator=g)][:total]
+    train, valid, test = torch.split(triples, list(sizes))
+    return Dataset(
+        "random",
+        [f"e{i}" for i in range(num_entities)],
+        [f"r{i}" for i in range(num_relations)],
+        train.clone(),
+        valid.clone(),
+        test.clone(),
+    )

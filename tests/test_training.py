@@ -1,0 +1,161 @@
+"""Training: reproducible for a seed, resumable after SIGKILL to the same end, early stopping, sampling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import medkge
+from medkge.files import read_jsonl
+from medkge.sampling import NegativeSampler
+
+TINY = {
+    "dataset": "kinships",
+    "model": "rotate",
+    "dims": [4, 8],
+    "epochs": 3,
+    "batch_size": 512,
+    "negatives": 8,
+    "eval_every": 1,
+}
+
+
+def tables(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(folder / name)
+
+
+def test_same_seed_same_model_other_seed_other_model(tmp_path):
+    a = medkge.train(**TINY, out=tmp_path / "a", progress=False)
+    b = medkge.train(**TINY, out=tmp_path / "b", progress=False)
+    c = medkge.train(**TINY, seed=1, out=tmp_path / "c", progress=False)
+    ta, tb, tc = (tables(r.path) for r in (a, b, c))
+    for key in ta:
+        assert torch.equal(ta[key], tb[key])
+    assert not torch.equal(ta["entity"], tc["entity"])
+    assert a.metrics().to_dict() == b.metrics().to_dict()
+
+
+def test_run_folder_holds_everything_to_reproduce(tmp_path):
+    run = medkge.train(**TINY, out=tmp_path / "run", progress=False)
+    names = {p.name for p in run.path.iterdir()}
+    assert {
+        "config.yaml",
+        "model.safetensors",
+        "entities.tsv",
+        "relations.tsv",
+        "metrics.jsonl",
+        "results.json",
+        "checkpoint.safetensors",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    reopened = medkge.Run.open(run.path)
+    assert reopened.config == run.config
+    again = reopened.evaluate("test", progress=False)
+    assert again.to_dict() == run.metrics("test").to_dict()
+    results = run.results()
+    assert results["train_seconds"] > 0 and results["device"].startswith("cpu")
+    records = list(read_jsonl(run.path / "metrics.jsonl"))
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2, 3]
+    assert [r["epoch"] for r in records if r["type"] == "valid"] == [1, 2, 3]
+
+
+def test_best_model_is_kept_and_patience_stops_early(tmp_path):
+    # a huge learning rate makes validation worse after the first epochs
+    run = medkge.train(
+        **(TINY | {"epochs": 30, "lr": 1.0}),
+        patience=2,
+        out=tmp_path / "run",
+        progress=False,
+        **{"train.lr_schedule": "constant"},
+    )
+    results = run.results()
+    valid = [r for r in run.log() if r["type"] == "valid"]
+    assert results["stopped_early"] and results["epochs"] < 30
+    best = max(valid, key=lambda r: r["value"])
+    assert results["best_epoch"] == best["epoch"]
+    assert results["valid"]["dims"]["4"]["mrr"] == pytest.approx(best["dims"]["4"]["mrr"])
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medkge", *args]
+
+
+def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path):
+    options = [
+        "--dataset",
+        "kinships",
+        "--dims",
+        "4,8",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "64",
+        "--negatives",
+        "4",
+        "--eval-every",
+        "2",
+        "--set",
+        "train.checkpoint_every=1",
+        "--quiet",
+    ]
+    reference = tmp_path / "reference"
+    subprocess.run(cli("train", *options, "--out", str(reference)), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli("train", *options, "--out", str(killed)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    log = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        epochs = [r for r in read_jsonl(log) if r["type"] == "epoch"] if log.exists() else []
+        if len(epochs) >= 3:
+            break
+        time.sleep(0.01)
+    time.sleep(epochs[-1]["seconds"] / 2)  # into the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it was killed"
+    done = subprocess.run(cli("train", "--resume", str(killed), "--quiet"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, b = tables(reference, name), tables(killed, name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "triples_per_s")} for r in records]
+
+    assert strip(read_jsonl(killed / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path):
+    medkge.train(**(TINY | {"epochs": 1}), out=tmp_path / "run", progress=False)
+    with pytest.raises(medkge.MedkgeError, match="already holds a run"):
+        medkge.train(**(TINY | {"epochs": 1}), out=tmp_path / "run", progress=False)
+
+
+def test_bernoulli_sampling_and_filtering():
+    train = torch.tensor([[0, 0, 1], [0, 0, 2], [0, 0, 3], [1, 1, 0], [2, 1, 0], [3, 1, 0]])
+    sampler = NegativeSampler(train, 5, 2, negatives=50, corruption="bernoulli", filter_known=True)
+    # relation 0 is one-to-many (tph 3, hpt 1): heads are corrupted with probability 3/4
+    assert sampler.head_probability.tolist() == pytest.approx([0.75, 0.25])
+    g = torch.Generator().manual_seed(0)
+    corrupt_head, negatives = sampler.sample(train.repeat(200, 1), g)
+    known = {tuple(x) for x in train.tolist()}
+    batch = train.repeat(200, 1)
+    for b in range(len(batch)):
+        h, r, t = batch[b].tolist()
+        for e in negatives[b].tolist():
+            assert ((e, r, t) if corrupt_head[b] else (h, r, e)) not in known
+    rate = corrupt_head[batch[:, 1] == 0].double().mean().item()
+    assert rate == pytest.approx(0.75, abs=0.05)
