@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dims", default="10:640:10")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--negatives", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per variant (after one warm-up)")
+    p.add_argument("--repeats", type=int, default=9, help="timed steps per variant (after one warm-up)")
     p.add_argument("--eval-queries", type=int, default=0, help="evaluate on the first N test triples (0: all)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's allocator as it is")
@@ -65,22 +65,26 @@ def naive_step(model: medkge.CroppableModel, batch) -> None:
             r_rows = relation[r].unsqueeze(1)
             query = it.query(side, entity[anchor].unsqueeze(1), r_rows)
             cand = it.candidate(side, entity[cands], r_rows)
-            per_side.append(it.finish(it.terms(query, cand).sum(-1, keepdim=True), model.gamma))
+            per_side.append(it.finish(it.terms(query, cand).sum(-1, keepdim=True), model.margins([d])))
         loss_of(torch.cat(per_side)).backward()
 
 
-def step_seconds(model, batch, step_fn, repeats: int) -> float:
-    def step() -> None:
+def step_seconds(variants: list[tuple], repeats: int) -> list[float]:
+    """Median seconds of a step of each (model, batch, step function), the variants interleaved."""
+
+    def step(model, batch, step_fn) -> float:
+        started = time.perf_counter()
         model.zero_grad(set_to_none=True)
         step_fn(model, batch)
+        return time.perf_counter() - started
 
-    step()  # warm-up: allocations, lazy initialisation
-    times = []
+    for variant in variants:
+        step(*variant)  # warm-up: allocations, lazy initialisation
+    times: list[list[float]] = [[] for _ in variants]
     for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for i, variant in enumerate(variants):
+            times[i].append(step(*variant))
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -103,9 +107,8 @@ def main() -> None:
         f"malloc tuned: {tuned}"
     )
     rows = []
-    one_pass = step_seconds(model, batch, one_pass_step, args.repeats)
-    alone = step_seconds(single, batch, one_pass_step, args.repeats)
-    naive = step_seconds(model, batch, naive_step, max(1, args.repeats // 2))
+    one_pass, alone = step_seconds([(model, batch, one_pass_step), (single, batch, one_pass_step)], args.repeats)
+    (naive,) = step_seconds([(model, batch, naive_step)], max(1, args.repeats // 3))
     rows += [
         (f"train step, one pass, {len(dims)} sub-models", one_pass, one_pass / alone),
         (f"train step, single {dims[-1]}-d model", alone, 1.0),

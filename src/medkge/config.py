@@ -34,7 +34,10 @@ class ModelConfig:
     dims: list[int] = _opt(
         list(DEFAULT_DIMS), "sub-model dimensions, increasing; also 'start:stop:step' or '10,40,160,640'"
     )
-    gamma: float = _opt(12.0, "margin of the distance models (TransE, RotatE, PairRE)")
+    gamma: float = _opt(12.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
+    gamma_scaling: Literal["linear", "none"] = _opt(
+        "linear", "sub-model i's margin: gamma * d_i / d_n (linear) or gamma for every sub-model (none)"
+    )
     p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
     init_scale: float | None = _opt(None, "entries start uniform in +-init_scale (default (gamma+2)/D, 0.1 bilinear)")
@@ -97,7 +100,9 @@ class EvalConfig:
 @dataclass
 class Config:
     dataset: str = _opt("kinships", "bundled dataset name or a folder of train/valid/test files")
-    method: Literal["med"] = _opt("med", "training method")
+    method: Literal["med", "dt"] = _opt(
+        "med", "med: one croppable model (MED); dt: one independent model per dim, trained one by one"
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     med: MedConfig = field(default_factory=MedConfig)

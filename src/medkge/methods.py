@@ -1,7 +1,7 @@
 """Training methods and the entry points ``train`` and ``resume``.
 
 A method trains the model(s) of a run into its folder. MED trains one croppable model with MED's
-objective (losses.py).
+objective (losses.py); DT trains one independent model per dim with the base loss.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from . import runtime
 from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset
 from .errors import MedkgeError
+from .evaluation import Metrics
 from .files import MODEL_FILE, atomic_write, read_jsonl, read_vocab, write_json, write_vocab
-from .losses import MEDObjective
-from .run import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, RESULTS_FILE, Run
-from .training import Trainer, build_model
+from .losses import MEDObjective, independent_loss
+from .run import CHECKPOINT_FILE, CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, RESULTS_FILE, Run, per_dim_model_path
+from .training import Trainer, TrainState, build_model
 
 Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
 
@@ -43,17 +44,55 @@ def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> di
         progress=progress,
     )
     state = trainer.fit()
+    return {**_summary(state), "valid": state.best_metrics}
+
+
+def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+    """DT: one independent model per dim, trained one after another with the base loss.
+
+    Each model has its own seed (the run's seed + its index), so its initialisation and negatives are
+    its own, as when trained separately. A resumed run skips the dims already finished.
+    """
+    device = runtime.resolve_device(cfg.train.device)
+    per_dim: dict[str, Any] = {}
+    valid = []
+    for i, dim in enumerate(cfg.model.dims):
+        model = build_model(cfg, dataset, dims=[dim], seed=cfg.train.seed + i)
+        trainer = Trainer(
+            cfg,
+            dataset,
+            model.to(device),
+            lambda scores, batch: (independent_loss(scores, cfg.loss), {}),
+            model_path=per_dim_model_path(folder, dim),
+            checkpoint_path=folder / CHECKPOINTS_DIR / f"dim_{dim}.safetensors",
+            log_path=folder / LOG_FILE,
+            seed=cfg.train.seed + i,
+            tag=f"dim_{dim}",
+            progress=progress,
+        )
+        state = trainer.fit()
+        per_dim[str(dim)] = _summary(state)
+        if state.best_metrics is not None:
+            valid.append(Metrics.from_dict(state.best_metrics))
+    return {
+        "train_seconds": sum(m["train_seconds"] for m in per_dim.values()),
+        "eval_seconds": sum(m["eval_seconds"] for m in per_dim.values()),
+        "per_dim": per_dim,
+        "valid": Metrics.merge(valid).to_dict() if len(valid) == len(per_dim) else None,
+    }
+
+
+def _summary(state: TrainState) -> dict[str, Any]:
     return {
         "train_seconds": state.train_seconds,
         "eval_seconds": state.eval_seconds,
         "epochs": state.epoch,
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
-        "valid": state.best_metrics,
     }
 
 
-METHODS: dict[str, Method] = {"med": train_med}
+METHODS: dict[str, Method] = {"med": train_med, "dt": train_dt}
 
 
 def make_config(config: Config | str | Path | dict | None = None, **options: Any) -> Config:

@@ -31,6 +31,9 @@ class CroppableModel(nn.Module):
         dims: increasing sub-model dimensions; the tables are ``dims[-1]`` wide. "Dimension" follows each
             model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
         gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
+        gamma_scaling: "linear" gives sub-model i the margin gamma * d_i / d_n, so that every coordinate
+            carries the same share of the margin in every sub-model; "none" uses gamma for all of them
+            (MED.md's literal formula). A margin shifts scores, not rankings: it matters in training.
         p: TransE's norm (1 or 2).
         normalize_entities: scale entity rows to unit L2 norm over the full width before scoring
             (always on for PairRE; optional for TransE). A cropped model stores normalised prefixes.
@@ -49,6 +52,7 @@ class CroppableModel(nn.Module):
         dims: Sequence[int] | range = DEFAULT_DIMS,
         *,
         gamma: float | None = None,
+        gamma_scaling: str = "linear",
         p: int = 1,
         normalize_entities: bool | None = None,
         init_scale: float | None = None,
@@ -62,6 +66,9 @@ class CroppableModel(nn.Module):
         self.dims = check_dims(dims)
         self.prefix = Prefix(self.dims)
         self.gamma = float(DEFAULT_GAMMA if gamma is None else gamma)
+        if gamma_scaling not in ("linear", "none"):
+            raise MedkgeError(f"gamma_scaling must be linear or none, got {gamma_scaling!r}")
+        self.gamma_scaling = gamma_scaling
         if normalize_entities is None:
             normalize_entities = self.interaction.normalizes_entities
         self.normalize_entities = bool(normalize_entities)
@@ -101,6 +108,7 @@ class CroppableModel(nn.Module):
             "model": self.model_name,
             "dims": list(self.dims),
             "gamma": self.gamma,
+            "gamma_scaling": self.gamma_scaling,
             "p": self.p,
             "normalize_entities": self.normalize_entities,
             "init_scale": self.init_scale,
@@ -118,6 +126,7 @@ class CroppableModel(nn.Module):
             int(spec["num_relations"]),
             spec["dims"],
             gamma=spec["gamma"],
+            gamma_scaling=spec.get("gamma_scaling", "none"),
             p=int(spec.get("p", 1)),
             normalize_entities=spec["normalize_entities"],
             init_scale=spec["init_scale"],
@@ -156,6 +165,17 @@ class CroppableModel(nn.Module):
 
     def relation_table(self) -> Tensor:
         return self.relation * self.phase_scale if self.phase_scale != 1.0 else self.relation
+
+    def margins(self, dims: Sequence[int] | None = None) -> float | Tensor:
+        """The margin of each sub-model in ``dims`` (default: the model's), broadcastable over scores."""
+        if self.gamma_scaling == "none":
+            return self.gamma
+        dims = self.dims if dims is None else dims
+        if len(dims) == 1 and dims[0] == self.dim:
+            return self.gamma
+        return torch.tensor(
+            [self.gamma * d / self.dim for d in dims], dtype=self.entity.dtype, device=self.entity.device
+        )
 
     def _normalize(self, rows: Tensor) -> Tensor:
         if not self.normalize_entities:
@@ -201,13 +221,14 @@ class CroppableModel(nn.Module):
         # split (not slicing) so that the backward pass concatenates the pieces' gradients
         entity = self.entity_rows(torch.cat(entity_ids)).split([len(x) for x in entity_ids])
         relation = self.relation_rows(torch.cat([r for _, _, r, _ in groups])).split([len(g[2]) for g in groups])
-        scores = []
+        scores, margins = [], self.margins()
         for i, (side, _, _, cands) in enumerate(groups):
             anchor_rows = entity[2 * i].unsqueeze(1)
             cand_rows = entity[2 * i + 1].view(*cands.shape, *entity[0].shape[1:])
             r_rows = relation[i].unsqueeze(1)
             query = it.query(side, anchor_rows, r_rows)
-            scores.append(it.finish(self.prefix(it.terms(query, it.candidate(side, cand_rows, r_rows))), self.gamma))
+            sums = self.prefix(it.terms(query, it.candidate(side, cand_rows, r_rows)))
+            scores.append(it.finish(sums, margins))
         return scores[0] if len(scores) == 1 else torch.cat(scores)
 
     @torch.no_grad()
@@ -260,12 +281,14 @@ class CroppableModel(nn.Module):
         """A standalone ``dim``-dimensional model: the tables' first ``dim`` coordinates.
 
         Any 1 <= dim <= d_n is allowed. Entity normalisation (PairRE) was applied over the full width
-        in training, so the cropped model stores the normalised prefix and does not normalise again.
+        in training, so the cropped model stores the normalised prefix and does not normalise again;
+        its margin is the sub-model's.
         """
         dim = int(dim)
         if not 1 <= dim <= self.dim:
             raise MedkgeError(f"crop dimension must be between 1 and {self.dim}, got {dim}")
-        spec = self.spec() | {"dims": [dim], "normalize_entities": False}
+        gamma = float(self.margins([dim])) if self.gamma_scaling == "linear" else self.gamma
+        spec = self.spec() | {"dims": [dim], "normalize_entities": False, "gamma": gamma, "gamma_scaling": "none"}
         with torch.no_grad():
             entity = self.entity_table()[..., :dim].detach().clone()
             relation = self.relation[..., :dim].detach().clone()
@@ -292,6 +315,7 @@ class BlockScorer:
         with torch.no_grad():
             self.entity = self.prefix.interleave(model.entity_table().detach()[..., : dims[-1]])
             self.relation = self.prefix.interleave(model.relation_table().detach()[..., : dims[-1]])
+        self.margins = model.margins(dims)
         self.budget = budget
 
     def block_shape(self, num_queries: int, num_candidates: int) -> tuple[int, int]:
@@ -336,7 +360,7 @@ class BlockScorer:
             # [Q, 1, parts, W] against [1, C, parts, W] (or [Q, C, ...] when candidates depend on r)
             cand = it.candidate(side, cand.unsqueeze(0), r_rows.unsqueeze(1))
             sums = self.prefix(it.terms(query.unsqueeze(1), cand, inplace=True), inplace=True)
-        return it.finish(sums, self.model.gamma, inplace=True) if finish else sums
+        return it.finish(sums, self.margins, inplace=True) if finish else sums
 
     @torch.no_grad()
     def pairs(self, side: Side, query: Tensor, r_rows: Tensor, candidates: Tensor, finish: bool = True) -> Tensor:
@@ -344,4 +368,4 @@ class BlockScorer:
         it = self.interaction
         cand = it.candidate(side, self.entity[candidates], r_rows)
         sums = self.prefix(it.terms(query, cand, inplace=True), inplace=True)
-        return it.finish(sums, self.model.gamma, inplace=True) if finish else sums
+        return it.finish(sums, self.margins, inplace=True) if finish else sums

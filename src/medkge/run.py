@@ -20,6 +20,7 @@ RESULTS_FILE = "results.json"
 LOG_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 MODELS_DIR = "models"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 def per_dim_model_path(folder: Path, dim: int) -> Path:

@@ -115,7 +115,9 @@ class Trainer:
         self.epochs = config.train.epochs if epochs is None else epochs
         self.tag = tag
         self.progress = progress
-        self.metric, self.metric_dim = parse_metric(config.eval.metric, list(model.dims))
+        self.metric, self.metric_dim = parse_metric(config.eval.metric, config.model.dims)
+        if self.metric_dim not in model.dims:  # a per-dim model (DT) stops on its own dim
+            self.metric_dim = None
         tc = config.train
         self.sampler = NegativeSampler(
             dataset.train, dataset.num_entities, dataset.num_relations, tc.negatives, tc.corruption, tc.filter_negatives
@@ -160,7 +162,9 @@ class Trainer:
                 if not every:  # nothing to choose from: keep the last model
                     save_model(self.model_path, self.model)
                     self.state.best_epoch = epoch
-            if last or (self.cfg.train.checkpoint_every and epoch % self.cfg.train.checkpoint_every == 0):
+            if last:
+                self.save_checkpoint(final=True)
+            elif self.cfg.train.checkpoint_every and epoch % self.cfg.train.checkpoint_every == 0:
                 self.save_checkpoint()
             if self.state.stopped_early:
                 break
@@ -259,7 +263,12 @@ class Trainer:
         self.log_lines += 1
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, final: bool = False) -> None:
+        """Save the training state; a ``final`` checkpoint keeps only the progress (the model is saved)."""
+        self.state.log_lines = self.log_lines
+        if final:
+            save_tensors(self.checkpoint_path, {}, {"state": self.state.__dict__})
+            return
         tensors = {"model.entity": self.model.entity, "model.relation": self.model.relation}
         for i, p in enumerate(self.extra_parameters):
             tensors[f"extra.{i}"] = p
@@ -268,12 +277,14 @@ class Trainer:
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
         tensors["generator"] = self.generator.get_state()
-        self.state.log_lines = self.log_lines
         metadata = {"state": self.state.__dict__, "param_groups": optim["param_groups"]}
         save_tensors(self.checkpoint_path, tensors, metadata)
 
     def load_checkpoint(self) -> None:
         tensors, metadata = load_tensors(self.checkpoint_path, "medkge checkpoint")
+        if metadata.get("state", {}).get("finished"):
+            self.state = TrainState(**metadata["state"])
+            return
         try:
             with torch.no_grad():
                 self.model.entity.copy_(tensors["model.entity"])
@@ -307,6 +318,7 @@ def build_model(
         dataset.num_relations,
         mc.dims if dims is None else dims,
         gamma=mc.gamma,
+        gamma_scaling=mc.gamma_scaling,
         p=mc.p,
         normalize_entities=mc.normalize_entities,
         init_scale=mc.init_scale,
