@@ -80,6 +80,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print every configuration option with its default and help")
     p.add_argument("--yaml", action="store_true", help="print the default configuration as YAML")
     p.set_defaults(handler=cmd_config)
+
+    raw = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
+    p = sub.add_parser(
+        "crop", help="write a standalone model of any dim from a run", description=CROP_HELP, formatter_class=raw
+    )
+    p.add_argument("model", metavar="RUN", help="run folder (or a cropped model folder, to crop it further)")
+    p.add_argument("--dim", type=int, required=True, help="any dim from 1 to the run's widest")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the cropped model into")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier export or crop in DIR")
+    p.add_argument("--json", action="store_true", help="print the model description as JSON")
+    p.set_defaults(handler=cmd_crop)
+
+    p = sub.add_parser(
+        "predict", help="rank the tails (or heads) of a query by label", description=PREDICT_HELP, formatter_class=raw
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder or cropped model folder")
+    p.add_argument("--head", metavar="H", help="predict tails of (H, R, ?)")
+    p.add_argument("--tail", metavar="T", help="predict heads of (?, R, T)")
+    p.add_argument("--relation", metavar="R", required=True)
+    p.add_argument("--dim", type=int, help="the sub-model to use (default: the widest)")
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="how many answers (default 10)")
+    p.add_argument("--exclude-known", action="store_true", help="drop answers that form known triples")
+    p.add_argument("--dataset", metavar="NAME_OR_DIR", help="known triples for --exclude-known (cropped models)")
+    p.add_argument("--ids", action="store_true", help="H, T and R are ids, not labels")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model as npy, tsv (embedding projector) or onnx")
+    p.add_argument("model", metavar="MODEL", help="run folder or cropped model folder")
+    p.add_argument("--format", required=True, choices=("npy", "tsv", "onnx"))
+    p.add_argument("--dim", type=int, help="the dim to export (default: the widest)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier export or crop in DIR")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("select", help="the smallest sub-model that is good enough on validation")
+    p.add_argument("model", metavar="RUN", help="run folder")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--min-mrr", type=float, metavar="X", help="smallest dim with validation MRR >= X")
+    target.add_argument(
+        "--max-drop", type=float, metavar="F", help="smallest dim with MRR at most a fraction F below the widest's"
+    )
+    p.add_argument("--dims", help="evaluate these dims now (one pass) instead of the recorded ones, e.g. 5:80:5")
+    p.add_argument("--crop", metavar="DIR", help="also write the selected sub-model as a cropped model to DIR")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier crop in DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_select)
     return parser
 
 
@@ -87,6 +134,16 @@ TRAIN_HELP = """Train a run. Examples:
   medkge train --dataset kinships --model rotate --dims 10,20,40,80 --epochs 100 --out runs/kin
   medkge train configs/med-rotate-wn18rr.yaml --out runs/wn --set train.device=cuda
   medkge train --resume runs/kin"""
+
+
+CROP_HELP = """Write a standalone D-dimensional model (safetensors tables, vocabularies, model.json) that
+loads without the run folder. Any D from 1 to the widest dim works for a MED run; the output says whether
+D was a trained sub-model. Example:
+  medkge crop runs/kin --dim 20 --out models/kin-20"""
+
+PREDICT_HELP = """Rank the answers of a query with a run or a cropped model. Examples:
+  medkge predict runs/kin --head person84 --relation term21 --dim 20 --top-k 5
+  medkge predict models/kin-20 --tail person85 --relation term21 --exclude-known --json"""
 
 
 def _flag_aliases() -> dict[str, str]:
@@ -209,6 +266,107 @@ def cmd_config(args: argparse.Namespace) -> int:
         [key, _short_dims(default) if key == "model.dims" else repr(default), help] for key, default, help in describe()
     ]
     print(_table(["key", "default", "help"], rows, align_left=True))
+    return 0
+
+
+def cmd_crop(args: argparse.Namespace) -> int:
+    from .deploy import folder_size, load
+
+    source = load(args.model)
+    cropped = source.crop(args.dim)
+    folder = cropped.save(args.out, overwrite=args.force)
+    info = cropped.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"wrote the {args.dim}-d {cropped.model_name} model to {folder} ({_size(folder_size(folder))})")
+    print(_trained_note(source, args.dim, info, args.model))
+    return 0
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _trained_note(source: Any, dim: int, info: dict[str, Any], path: str) -> str:
+    if source.is_trained(dim):
+        valid = f", validation MRR {info['valid']['mrr']:.4f}" if "valid" in info else ""
+        return f"dim {dim} is a trained sub-model{valid}"
+    trained = source.source.get("dims") or source.trained_dims
+    wider = [d for d in trained if d > dim]
+    within = f": the first {dim} coordinates of the {wider[0]}-d sub-model" if wider else ""
+    check = f"; measure it with `medkge evaluate {path} --dims {dim}`" if source.run is not None else ""
+    return f"dim {dim} is not a trained sub-model (trained dims {_short_dims(trained)}){within}{check}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .deploy import load
+
+    if (args.head is None) == (args.tail is None):
+        raise MedkgeError("give --head H to predict tails, or --tail T to predict heads (one of them)")
+    model = load(args.model, dataset=args.dataset)
+
+    def value(text: str, what: str) -> str | int:
+        if not args.ids:
+            return text
+        if not text.isdigit():
+            raise MedkgeError(f"--ids: {what} must be an id (a non-negative integer), got {text!r}")
+        return int(text)
+
+    relation = value(args.relation, "--relation")
+    options = {"k": args.top_k, "dim": args.dim, "exclude_known": args.exclude_known}
+    if args.head is not None:
+        table = model.predict_tails(value(args.head, "--head"), relation, **options)
+    else:
+        table = model.predict_heads(relation, value(args.tail, "--tail"), **options)
+    dim = table.meta["dim"]
+    if args.json:
+        query = dict(zip(("head", "relation", "tail"), table.meta["query"], strict=True))
+        data = {
+            "query": query,
+            "dim": dim,
+            "trained_sub_model": model.is_trained(dim),
+            "exclude_known": args.exclude_known,
+            "results": table.to_records(),
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    side = "tails" if args.head is not None else "heads"
+    known = ", known triples excluded" if args.exclude_known else ""
+    print(f"{side} of ({', '.join(table.meta['query'])}) by the {dim}-d {model.model_name} model{known}:")
+    print(table.to_text())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import load
+    from .export import export
+
+    model = load(args.model)
+    dim = model.dim if args.dim is None else args.dim
+    folder = export(model, args.format, args.out, dim=dim, overwrite=args.force)
+    print(f"exported the {dim}-d {model.model_name} model as {args.format} to {folder}:")
+    files = sorted(f for f in folder.iterdir() if f.is_file())
+    print(_table(["file", "bytes"], [[f.name, f"{f.stat().st_size:,}"] for f in files], align_left=True))
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .deploy import folder_size, load
+
+    model = load(args.model)
+    dims = _parse_dims(args.dims) if args.dims else None
+    chosen = model.select(min_mrr=args.min_mrr, max_drop=args.max_drop, dims=dims)
+    folder = model.crop(chosen.dim).save(args.crop, overwrite=args.force) if args.crop else None
+    if args.json:
+        print(json.dumps(chosen.to_dict() | {"cropped": str(folder) if folder else None}, indent=2))
+        return 0
+    print(f"{chosen.split} MRR by dim of {args.model}, target MRR >= {chosen.target:.4f} ({chosen.rule}):")
+    rows = [[d, f"{v:.4f}", "yes" if v >= chosen.target else "no"] for d, v in chosen.mrr_by_dim.items()]
+    print(_table(["dim", "MRR", "meets"], rows))
+    print(f"smallest sub-model meeting the target: dim {chosen.dim} ({chosen.split} MRR {chosen.mrr:.4f})")
+    if folder is not None:
+        print(f"wrote the {chosen.dim}-d {model.model_name} model to {folder} ({_size(folder_size(folder))})")
     return 0
 
 

@@ -31,6 +31,9 @@ from safetensors.torch import save
 from .errors import MedkgeError
 
 MODEL_FILE = "model.safetensors"
+# A medkge header is a few hundred bytes; anything far larger is not one of ours.
+_MAX_HEADER = 1 << 20
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FORMAT = "medkge-model"
@@ -96,9 +99,10 @@ def save_model(path: Path, model: Any) -> None:
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> Any:
-    """Load a model file written by :func:`save_model`."""
+    """Load a model file written by :func:`save_model`, after checking its header (:func:`check_model_file`)."""
     from .model import CroppableModel
 
+    check_model_file(path)
     tensors, metadata = load_tensors(path, "medkge model file")
     if metadata.get("format") != FORMAT or "spec" not in metadata:
         raise MedkgeError(f"{path}: not a medkge model file")
@@ -109,6 +113,65 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Any:
     except (KeyError, TypeError, ValueError) as error:
         raise MedkgeError(f"{path}: bad model description ({error})") from None
     return model.to(device).eval()
+
+
+def check_model_file(path: Path) -> None:
+    """Check a model file's header before loading it: a clear error for anything that is not a medkge model.
+
+    Reads only the header (8 bytes of length, then JSON): tensor names, dtypes and shapes must agree with
+    the spec recorded beside them, so that nothing is allocated from numbers a damaged file made up.
+    """
+    path = Path(path)
+
+    def bad(reason: str) -> MedkgeError:
+        return MedkgeError(f"{path}: not a valid medkge model file ({reason})")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+            if length < 2 or length > min(size - 8, _MAX_HEADER):
+                raise bad("truncated, or not a safetensors file")
+            header = json.loads(f.read(length))
+    except FileNotFoundError:
+        raise MedkgeError(f"{path}: no such file") from None
+    except OSError as error:
+        raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    try:
+        meta = json.loads(header.get("__metadata__", {}).get("medkge", "null"))
+    except (AttributeError, TypeError, json.JSONDecodeError):
+        raise bad("no medkge description in the header") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("spec"), dict):
+        raise bad("no medkge description in the header")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if set(tensors) != {"entity", "relation"}:
+        raise bad(f"expected the tables 'entity' and 'relation', found {sorted(tensors)}")
+    from .scoring import check_dims, get_interaction
+
+    spec = meta["spec"]
+    try:
+        interaction = get_interaction(str(spec["model"]), int(spec.get("p", 1)))
+        dims = check_dims(spec["dims"])
+        expected = {
+            "entity": [int(spec["num_entities"]), interaction.entity_parts, dims[-1]],
+            "relation": [int(spec["num_relations"]), interaction.relation_parts, dims[-1]],
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise bad(f"bad model description: {error}") from None
+    for name, entry in tensors.items():
+        if not isinstance(entry, dict) or entry.get("dtype") not in _FLOAT_DTYPES:
+            raise bad(f"table {name!r} is not a float table")
+        if entry.get("shape") != expected[name]:
+            raise bad(f"table {name!r} has shape {entry.get('shape')}, its description says {expected[name]}")
+        offsets = entry.get("data_offsets")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(x, int) for x in offsets):
+            raise bad(f"table {name!r} has no valid data offsets")
+        if offsets[1] > size - 8 - length:
+            raise bad("truncated: the tables end past the end of the file")
 
 
 def write_vocab(path: Path, labels: list[str]) -> None:

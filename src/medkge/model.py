@@ -34,6 +34,8 @@ class CroppableModel(nn.Module):
         gamma_scaling: "linear" gives sub-model i the margin gamma * d_i / d_n, so that every coordinate
             carries the same share of the margin in every sub-model; "none" uses gamma for all of them
             (MED.md's literal formula). A margin shifts scores, not rankings: it matters in training.
+        gamma_width: the width d_n that gamma belongs to (default: the tables' width). A cropped model
+            keeps its source's, so its margin is the sub-model's.
         p: TransE's norm (1 or 2).
         normalize_entities: scale entity rows to unit L2 norm over the full width before scoring
             (always on for PairRE; optional for TransE). A cropped model stores normalised prefixes.
@@ -53,6 +55,7 @@ class CroppableModel(nn.Module):
         *,
         gamma: float | None = None,
         gamma_scaling: str = "linear",
+        gamma_width: int | None = None,
         p: int = 1,
         normalize_entities: bool | None = None,
         init_scale: float | None = None,
@@ -69,6 +72,7 @@ class CroppableModel(nn.Module):
         if gamma_scaling not in ("linear", "none"):
             raise MedkgeError(f"gamma_scaling must be linear or none, got {gamma_scaling!r}")
         self.gamma_scaling = gamma_scaling
+        self.gamma_width = int(self.dims[-1] if gamma_width is None else gamma_width)
         if normalize_entities is None:
             normalize_entities = self.interaction.normalizes_entities
         self.normalize_entities = bool(normalize_entities)
@@ -109,6 +113,7 @@ class CroppableModel(nn.Module):
             "dims": list(self.dims),
             "gamma": self.gamma,
             "gamma_scaling": self.gamma_scaling,
+            "gamma_width": self.gamma_width,
             "p": self.p,
             "normalize_entities": self.normalize_entities,
             "init_scale": self.init_scale,
@@ -127,6 +132,7 @@ class CroppableModel(nn.Module):
             spec["dims"],
             gamma=spec["gamma"],
             gamma_scaling=spec.get("gamma_scaling", "none"),
+            gamma_width=spec.get("gamma_width"),
             p=int(spec.get("p", 1)),
             normalize_entities=spec["normalize_entities"],
             init_scale=spec["init_scale"],
@@ -168,14 +174,11 @@ class CroppableModel(nn.Module):
 
     def margins(self, dims: Sequence[int] | None = None) -> float | Tensor:
         """The margin of each sub-model in ``dims`` (default: the model's), broadcastable over scores."""
-        if self.gamma_scaling == "none":
-            return self.gamma
         dims = self.dims if dims is None else dims
-        if len(dims) == 1 and dims[0] == self.dim:
+        if self.gamma_scaling == "none" or (len(dims) == 1 and dims[0] == self.gamma_width):
             return self.gamma
-        return torch.tensor(
-            [self.gamma * d / self.dim for d in dims], dtype=self.entity.dtype, device=self.entity.device
-        )
+        values = [self.gamma * d / self.gamma_width for d in dims]
+        return torch.tensor(values, dtype=self.entity.dtype, device=self.entity.device)
 
     def _normalize(self, rows: Tensor) -> Tensor:
         if not self.normalize_entities:
@@ -287,8 +290,7 @@ class CroppableModel(nn.Module):
         dim = int(dim)
         if not 1 <= dim <= self.dim:
             raise MedkgeError(f"crop dimension must be between 1 and {self.dim}, got {dim}")
-        gamma = float(self.margins([dim])) if self.gamma_scaling == "linear" else self.gamma
-        spec = self.spec() | {"dims": [dim], "normalize_entities": False, "gamma": gamma, "gamma_scaling": "none"}
+        spec = self.spec() | {"dims": [dim], "normalize_entities": False}
         with torch.no_grad():
             entity = self.entity_table()[..., :dim].detach().clone()
             relation = self.relation[..., :dim].detach().clone()
