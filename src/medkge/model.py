@@ -39,8 +39,8 @@ class CroppableModel(nn.Module):
         p: TransE's norm (1 or 2).
         normalize_entities: scale entity rows to unit L2 norm over the full width before scoring
             (always on for PairRE; optional for TransE). A cropped model stores normalised prefixes.
-        init_scale: entries start uniform in [-init_scale, init_scale]; default (gamma + 2) / D for the
-            distance models (RotatE's choice) and 0.1 for the bilinear ones.
+        init_scale: entries start uniform in [-init_scale, init_scale]; default (margin + 2) / D for the
+            distance models (RotatE's choice, margin = gamma for the full width) and 0.1 for the bilinear ones.
         phase_scale: RotatE only; phase = stored relation value * phase_scale (default pi / init_scale,
             RotatE's parametrisation, so phases start uniform in [-pi, pi]).
         generator: random generator for the initialisation.
@@ -79,8 +79,9 @@ class CroppableModel(nn.Module):
         if num_entities < 1 or num_relations < 1:
             raise MedkgeError("a model needs at least one entity and one relation")
         width = self.dims[-1]
-        if init_scale is None:
-            init_scale = (self.gamma + 2.0) / width if self.interaction.uses_gamma else 0.1
+        if init_scale is None:  # RotatE's (margin + 2) / width, with this model's own margin
+            margin = self.gamma * width / self.gamma_width if gamma_scaling == "linear" else self.gamma
+            init_scale = (margin + 2.0) / width if self.interaction.uses_gamma else 0.1
         self.init_scale = float(init_scale)
         if phase_scale is None:
             phase_scale = math.pi / self.init_scale

@@ -319,6 +319,7 @@ def build_model(
         mc.dims if dims is None else dims,
         gamma=mc.gamma,
         gamma_scaling=mc.gamma_scaling,
+        gamma_width=mc.dims[-1],  # a DT model of dim d gets the margin MED's d-dim sub-model has
         p=mc.p,
         normalize_entities=mc.normalize_entities,
         init_scale=mc.init_scale,
