@@ -1,90 +1,103 @@
-"""Quality benchmark: MED against DT at equal epochs, per dim.
+"""Quality benchmark: MED against DT, BKD and DualDE (and MED's ablations) at equal epochs, per dim.
 
-MED trains one RotatE model with 64 sub-models (10, 20, ..., 640); DT trains independent models at a
-subset of those dims (10, 20, 40, ..., 640 by default: all 64 would cost DT 32x one 640-d model per epoch).
-Both get the same epochs, batch, negatives, loss and learning rate. The test MRR of every DT dim is put
-next to MED's sub-model of that dim.
+Every method trains RotatE with the same epochs, batch, negatives, loss, learning rate and seed. MED
+trains one model with 64 sub-models (10, 20, ..., 640); DT trains one independent model per dim of a
+shorter list (all 64 would cost DT 32x one 640-d model per epoch); BKD and DualDE distil DT's 640-d model
+(their recorded training time includes it) into a student per dim of that list. Each dataset's runs are
+compared with ``medkge compare``: the table and plot land in ``--results`` (docs/results/ by default).
 
-    python benchmarks/quality.py                                  # kinships, umls, wn18rr (about 1 hour)
-    python benchmarks/quality.py --datasets kinships --epochs 50  # one dataset, a shorter budget
+    python benchmarks/quality.py                                   # the committed results (about 1.5 h)
+    python benchmarks/quality.py --datasets kinships --methods med,dt --epochs 20   # a quick look
+
+Runs already finished in ``--out`` are reused and interrupted ones resumed, so the script can be re-run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import medkge
+from medkge.compare import compare
 
-# Per dataset: epochs and options that fit the budget on 2 CPU cores (see benchmarks/README.md).
+# Per dataset: the options every method shares, and the dims DT and the distillations train.
 SETTINGS = {
-    "kinships": {"epochs": 200, "gamma": 6.0, "lr": 0.01},
-    "umls": {"epochs": 200, "gamma": 6.0, "lr": 0.01},
-    "wn18rr": {"epochs": 10, "gamma": 6.0, "lr": 0.005, "train.batch_size": 1024, "loss.alpha": 0.5},
+    "kinships": {
+        "options": {"epochs": 50, "gamma": 6.0, "lr": 0.01},
+        "dims": [10, 20, 40, 80, 160, 320, 640],
+    },
+    "umls": {
+        "options": {"epochs": 50, "gamma": 6.0, "lr": 0.01},
+        "dims": [10, 20, 40, 80, 160, 320, 640],
+    },
+    "wn18rr": {  # the dims of the paper's WN18RR table (MED.md section 7), to fit the budget
+        "options": {"epochs": 8, "gamma": 6.0, "lr": 0.005, "loss.alpha": 0.5},
+        "dims": [10, 40, 160, 640],
+    },
 }
-DT_DIMS = [10, 20, 40, 80, 160, 320, 640]
+MED_DIMS = list(range(10, 641, 10))
+# MED's ablations (MED.md section 3): each switches one part off, or trains only 4 sub-models
+ABLATIONS = {
+    "med-no-ml": {"med.mutual_learning": False},
+    "med-no-dlw": {"med.dynamic_weights": False},
+    "med-paper-ei": {"med.evolutionary": True},  # EI as the paper states it (off by default)
+    "med-4-sub-models": {"dims": [10, 40, 160, 640]},
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--datasets", default="kinships,umls,wn18rr")
+    p.add_argument("--datasets", default="kinships,wn18rr,umls")
+    p.add_argument("--methods", default="med,dt,bkd,dualde", help="methods to train (DT first: it is the teacher)")
+    p.add_argument("--ablations", default="kinships", help="datasets that also train MED's ablations ('' for none)")
     p.add_argument("--epochs", type=int, help="epochs for every dataset (default: per dataset, see SETTINGS)")
-    p.add_argument("--out", default="runs/quality", help="folder for the runs and quality.json")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="runs/quality", help="folder for the run folders")
+    p.add_argument("--results", default="docs/results", help="folder for each dataset's comparison")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
+
+
+def train_or_reuse(folder: Path, **options) -> medkge.Run:
+    if (folder / "results.json").is_file():
+        return medkge.Run.open(folder)
+    if (folder / "config.yaml").is_file():
+        return medkge.resume(folder)
+    return medkge.train(**options, out=folder)
 
 
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
-    report: dict[str, dict] = {}
+    ablate = set(filter(None, args.ablations.split(",")))
     for name in args.datasets.split(","):
-        settings = dict(SETTINGS.get(name, {"epochs": 100}))
+        settings = SETTINGS.get(name, {"options": {"epochs": 50}, "dims": [10, 20, 40, 80, 160, 320, 640]})
+        options = dict(settings["options"])
         if args.epochs:
-            settings["epochs"] = args.epochs
-        common = {
-            "dataset": name,
-            "model": "rotate",
-            "seed": args.seed,
-            "eval_every": settings["epochs"],
-            "patience": 0,
-            **settings,
-        }
-        runs = {}
-        for method, dims in (("med", list(range(10, 641, 10))), ("dt", DT_DIMS)):
+            options["epochs"] = args.epochs
+        common = {"dataset": name, "model": "rotate", "seed": args.seed, "eval_every": options["epochs"], **options}
+        common["patience"] = 0
+        if args.threads:
+            common["train.threads"] = args.threads
+        folders = []
+        for method in args.methods.split(","):
             folder = out / f"{name}-{method}"
-            started = time.perf_counter()
-            run = (
-                medkge.train(**common, method=method, dims=dims, out=folder)
-                if not (folder / "results.json").exists()
-                else medkge.Run.open(folder)
-            )
-            results = run.results()
-            runs[method] = {
-                "test": {d: v for d, v in results["test"]["dims"].items()},
-                "train_seconds": results["train_seconds"],
-                "wall_seconds": time.perf_counter() - started,
-            }
-        report[name] = {"settings": common, **runs}
-        print_table(name, common, runs)
-    (out / "quality.json").write_text(json.dumps(report, indent=2))
-
-
-def print_table(name: str, settings: dict, runs: dict) -> None:
-    med, dt = runs["med"], runs["dt"]
-    print(f"\n### {name}: RotatE, {settings['epochs']} epochs each, test split, filtered")
-    print(f"settings: {json.dumps(settings)}")
-    print("| dim | MED MRR | DT MRR | MED H@10 | DT H@10 |")
-    print("|---:|---:|---:|---:|---:|")
-    for d in DT_DIMS:
-        m, t = med["test"][str(d)], dt["test"][str(d)]
-        print(f"| {d} | {m['mrr']:.3f} | {t['mrr']:.3f} | {m['hits@10']:.3f} | {t['hits@10']:.3f} |")
-    print(
-        f"training time: MED {med['train_seconds']:.0f} s (64 sub-models), DT {dt['train_seconds']:.0f} s "
-        f"({len(DT_DIMS)} models)"
-    )
+            extra = {"dims": MED_DIMS} if method == "med" else {"dims": settings["dims"]}
+            if method in ("bkd", "dualde"):
+                extra["distill.teacher"] = str(out / f"{name}-dt")
+            train_or_reuse(folder, **common, **extra, method=method)
+            folders.append(folder)
+        if name in ablate:
+            for tag, switch in ABLATIONS.items():
+                folder = out / f"{name}-{tag}"
+                train_or_reuse(folder, **{**common, "dims": MED_DIMS, **switch}, method="med")
+                folders.append(folder)
+        results = Path(args.results) / name
+        table = compare(folders, results)
+        settings_text = json.dumps({k: v for k, v in common.items() if k != "dataset"})
+        (results / "settings.json").write_text(settings_text + "\n")
+        print(f"\n### {name}: RotatE, {options['epochs']} epochs for every method\nsettings: {settings_text}\n{table}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_bad_yaml_file(tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("**/*.yaml"))
     assert configs
     for path in configs:
         Config.from_yaml(path)

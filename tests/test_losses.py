@@ -98,14 +98,15 @@ def test_mutual_learning_sends_gradients_into_both_neighbours_and_ei_weights_are
     mutual = grad_ml - grad_hard
     assert (mutual[..., 0].abs() > 0).all() and (mutual[..., 1].abs() > 0).all()
     # with EI, sub-model 1's scores get no gradient from sub-model 2's weights: only its own loss and ML
-    ei = MEDObjective(dims, LossConfig(), MedConfig(mutual_learning=False, dynamic_weights=False)).double()
+    ei = MEDObjective(dims, LossConfig(), MedConfig(mutual_learning=False, dynamic_weights=False, evolutionary=True))
+    ei = ei.double()
     grad_ei = torch.autograd.grad(ei(scores)[0], scores)[0]
     torch.testing.assert_close(grad_ei[..., 0], grad_hard[..., 0])
 
 
 def test_learned_weights_get_gradients_fixed_ones_do_not():
     dims = [2, 4, 8]
-    learn = MEDObjective(dims, LossConfig(), MedConfig(weights="learn")).double()
+    learn = MEDObjective(dims, LossConfig(), MedConfig(weights="learn", evolutionary=True)).double()
     learn(random_scores())[0].backward()
     assert learn.w.grad is not None and (learn.w.grad != 0).all()
     fixed = MEDObjective(dims, LossConfig(), MedConfig(weights="fixed"))

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an earlier crop in DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_select)
+
+    p = sub.add_parser("compare", help="one table and one plot of quality against dimension for several runs")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders (MED, DT, BKD, DualDE, ablations)")
+    p.add_argument("--out", metavar="DIR", help="write comparison.md, comparison.csv and comparison.png here")
+    p.add_argument("--split", default="test", choices=("test", "valid"))
+    p.add_argument("--dims", help="table rows (default: the dims every run has), e.g. 10,40,160,640")
+    p.add_argument("--labels", help="comma-separated labels, one per run (default: from each run's config)")
+    p.set_defaults(handler=cmd_compare)
     return parser
 
 
@@ -367,6 +375,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"smallest sub-model meeting the target: dim {chosen.dim} ({chosen.split} MRR {chosen.mrr:.4f})")
     if folder is not None:
         print(f"wrote the {chosen.dim}-d {model.model_name} model to {folder} ({_size(folder_size(folder))})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    dims = _parse_dims(args.dims) if args.dims else None
+    print(compare(args.runs, args.out, split=args.split, dims=dims, labels=labels), end="")
+    if args.out:
+        print(f"wrote comparison.md, comparison.csv and comparison.png to {args.out}", file=sys.stderr)
     return 0
 
 

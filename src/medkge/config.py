@@ -34,7 +34,7 @@ class ModelConfig:
     dims: list[int] = _opt(
         list(DEFAULT_DIMS), "sub-model dimensions, increasing; also 'start:stop:step' or '10,40,160,640'"
     )
-    gamma: float = _opt(12.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
+    gamma: float = _opt(6.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
     gamma_scaling: Literal["linear", "none"] = _opt(
         "linear", "sub-model i's margin: gamma * d_i / d_n (linear) or gamma for every sub-model (none)"
     )
@@ -58,7 +58,10 @@ class LossConfig:
 @dataclass
 class MedConfig:
     mutual_learning: bool = _opt(True, "Huber loss between neighbouring sub-models' sigmoid scores (ML)")
-    evolutionary: bool = _opt(True, "sub-model i weights triples by what sub-model i-1 got wrong (EI)")
+    evolutionary: bool = _opt(
+        False,
+        "sub-model i weights triples by what sub-model i-1 got wrong (EI; off: it measured worse, docs/choices.md)",
+    )
     dynamic_weights: bool = _opt(True, "weight sub-model i's hard loss by exp(w3 * d_i / d_n) (DLW)")
     weights: Literal["fixed", "learn"] = _opt("fixed", "keep w1, w2, w3 at their values or learn them with Adam")
     w1: float = _opt(1.0, "EI positive-weight scale: softmax over the batch of w1 / q")
@@ -67,6 +70,20 @@ class MedConfig:
     pos_temperature: float = _opt(
         1.0, "divides the EI positive logits w1 / q before the softmax (1 = the paper)", min=1e-6
     )
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = _opt(
+        None,
+        "bkd/dualde: run folder whose largest-dim model is the teacher (default: train one in the run, "
+        "as DT trains its largest model)",
+    )
+    soft_weight: float = _opt(1.0, "bkd: weight of the Huber term between student and teacher sigmoid scores", min=0.0)
+    stage1_fraction: float = _opt(
+        0.5, "dualde: share of train.epochs in stage 1 (teacher frozen); the rest is stage 2", min=0.0, max=1.0
+    )
+    teacher_lr_scale: float = _opt(0.1, "dualde: the teacher's learning rate in stage 2, relative to train.lr", min=0.0)
 
 
 @dataclass
@@ -100,12 +117,15 @@ class EvalConfig:
 @dataclass
 class Config:
     dataset: str = _opt("kinships", "bundled dataset name or a folder of train/valid/test files")
-    method: Literal["med", "dt"] = _opt(
-        "med", "med: one croppable model (MED); dt: one independent model per dim, trained one by one"
+    method: Literal["med", "dt", "bkd", "dualde"] = _opt(
+        "med",
+        "med: one croppable model (MED); dt: one independent model per dim; bkd, dualde: one student per dim "
+        "distilled from a teacher of the largest dim",
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     med: MedConfig = field(default_factory=MedConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -304,6 +324,8 @@ def _coerce(key: str, value: Any, hint: Any, meta: dict) -> Any:
         raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise MedkgeError(f"config: {key} must be at least {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise MedkgeError(f"config: {key} must be at most {meta['max']}, got {value!r}")
     return value
 
 

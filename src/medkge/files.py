@@ -115,6 +115,16 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> Any:
     return model.to(device).eval()
 
 
+def load_into(model: Any, path: Path) -> None:
+    """Copy the tables of a model file into ``model`` (same shape), keeping its parameters and device."""
+    saved = load_model(path)
+    if saved.entity.shape != model.entity.shape or saved.relation.shape != model.relation.shape:
+        raise MedkgeError(f"{path}: its tables do not have the shapes of the model being trained")
+    with torch.no_grad():
+        model.entity.copy_(saved.entity)
+        model.relation.copy_(saved.relation)
+
+
 def check_model_file(path: Path) -> None:
     """Check a model file's header before loading it: a clear error for anything that is not a medkge model.
 

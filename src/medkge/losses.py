@@ -1,4 +1,5 @@
-"""Training objectives: the base losses, MED's objective (ML + EI + DLW) and regularisers.
+"""Training objectives: the base losses, MED's objective (ML + EI + DLW), the distillation losses of the
+baselines (BKD, DualDE) and regularisers.
 
 All losses take the scores of one batch for every sub-model, ``scores [B, 1 + K, n]``: column 0 holds the
 B positive triples, columns 1..K their negatives, the last axis the n sub-models (MED.md section 3).
@@ -109,6 +110,46 @@ def evolutionary_positive_weights(s_prev: Tensor, w1: Tensor, temperature: float
     weights = torch.softmax(w1.double() * inv_q / temperature, dim=0)
     ess = 1.0 / weights.detach().square().sum(0)
     return weights.to(s_prev.dtype), ess
+
+
+def soft_loss(scores: Tensor, target: Tensor) -> Tensor:
+    """Per-triple Huber (delta 1) between sigmoid scores and a detached target's sigmoid scores."""
+    return F.huber_loss(torch.sigmoid(scores), torch.sigmoid(target.detach()), reduction="none", delta=1.0)
+
+
+def bkd_loss(student: Tensor, teacher: Tensor, cfg: LossConfig, soft_weight: float) -> Tensor:
+    """BKD: the student's base loss + soft_weight * mean over all B(1+K) triples of Huber(q_S, q_T).
+
+    ``student`` and ``teacher`` are scores ``[B, 1 + K, n]`` of the same triples; the teacher is a target.
+    """
+    return independent_loss(student, cfg) + soft_weight * soft_loss(student, teacher).mean()
+
+
+class DualDELoss(nn.Module):
+    """DualDE's loss of one model learning from another (Zhu et al. 2022; MED.md section 6).
+
+    Every triple mixes a soft term Huber(q_own, q_other) and the hard term (-log sigma(s) for a positive,
+    -log sigma(-s) for a negative), weighted by how much the other model's score deserves trust: a
+    learnable sigmoid ``t = 1 / (1 + exp(-a (x + b)))`` of the other model's score x (a = 1, b = 0 at
+    start). A positive takes ``t`` of the soft term (a high score is a reliable soft label), a negative
+    ``1 - t`` (a low score is). Negatives are summed with the self-adversarial weights of the own scores
+    (``loss.alpha``), positives averaged, as in the base loss.
+    """
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.a = nn.Parameter(torch.tensor(1.0))
+        self.b = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, own: Tensor, other: Tensor) -> Tensor:
+        other = other.detach()
+        trust = torch.sigmoid(self.a * (other + self.b))
+        soft_w = torch.cat([trust[:, :1], 1.0 - trust[:, 1:]], dim=1)
+        hard = torch.cat([-F.logsigmoid(own[:, :1]), -F.logsigmoid(-own[:, 1:])], dim=1)
+        per_triple = soft_w * soft_loss(own, other) + (1.0 - soft_w) * hard
+        neg_w = negative_weights(self.cfg.kind, own[:, 1:], self.cfg.alpha)
+        return (per_triple[:, 0].mean(0) + (per_triple[:, 1:] * neg_w).sum(1).mean(0)).sum()
 
 
 def regularization(kind: str, rows: Sequence[Tensor], complex_parts: Sequence[bool]) -> Tensor:

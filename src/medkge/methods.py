@@ -1,11 +1,13 @@
 """Training methods and the entry points ``train`` and ``resume``.
 
 A method trains the model(s) of a run into its folder. MED trains one croppable model with MED's
-objective (losses.py); DT trains one independent model per dim with the base loss.
+objective (losses.py); DT trains one independent model per dim with the base loss; BKD and DualDE
+distil a teacher of the largest dim into one student per dim (MED.md section 6).
 """
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from collections.abc import Callable
@@ -14,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from . import runtime
 from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset
 from .errors import MedkgeError
 from .evaluation import Metrics
-from .files import MODEL_FILE, atomic_write, read_jsonl, read_vocab, write_json, write_vocab
-from .losses import MEDObjective, independent_loss
+from .files import MODEL_FILE, atomic_write, load_into, read_jsonl, read_vocab, write_json, write_vocab
+from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
+from .model import CroppableModel
 from .run import CHECKPOINT_FILE, CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, RESULTS_FILE, Run, per_dim_model_path
-from .training import Trainer, TrainState, build_model
+from .training import Batch, Objective, Trainer, TrainState, build_model, score_batch
 
 Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
 
@@ -53,33 +57,214 @@ def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dic
     Each model has its own seed (the run's seed + its index), so its initialisation and negatives are
     its own, as when trained separately. A resumed run skips the dims already finished.
     """
+
+    def fit(i: int, dim: int, model: CroppableModel) -> list[TrainState]:
+        objective = lambda scores, batch: (independent_loss(scores, cfg.loss), {})  # noqa: E731
+        return [_per_dim_trainer(cfg, dataset, folder, model, objective, i, dim, progress=progress).fit()]
+
+    return _train_per_dim(cfg, dataset, folder, fit)
+
+
+def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+    """BKD: a frozen teacher of the largest dim distils into one student per dim (MED.md section 6).
+
+    Student loss: its base loss + ``distill.soft_weight`` * Huber(sigmoid(s_student), sigmoid(s_teacher)),
+    on the same triples. Students are initialised and sampled as DT's models of their dim.
+    """
     device = runtime.resolve_device(cfg.train.device)
+    teacher, teacher_info = _teacher(cfg, dataset, folder, progress)
+    teacher = _frozen(teacher.to(device))
+
+    def objective(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        with torch.no_grad():
+            target = score_batch(teacher, batch)
+        return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight), {}
+
+    def fit(i: int, dim: int, model: CroppableModel) -> list[TrainState]:
+        return [_per_dim_trainer(cfg, dataset, folder, model, objective, i, dim, progress=progress).fit()]
+
+    return _train_per_dim(cfg, dataset, folder, fit, teacher_info)
+
+
+def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+    """DualDE: two-stage dual distillation from a teacher of the largest dim into one student per dim.
+
+    Stage 1 (``distill.stage1_fraction`` of the epochs): the teacher is frozen and the student learns
+    from it with :class:`~medkge.losses.DualDELoss`. Stage 2 (the remaining epochs) starts from the
+    student kept in stage 1 and a fresh copy of the teacher, which now learns from the student the
+    same way, at ``distill.teacher_lr_scale`` times the learning rate. Each stage decays the learning
+    rate over its own epochs; the student kept is the best on validation over both stages.
+    """
+    device = runtime.resolve_device(cfg.train.device)
+    teacher_model, teacher_info = _teacher(cfg, dataset, folder, progress)
+    teacher_model = teacher_model.to(device)
+    stage1_epochs = round(cfg.train.epochs * cfg.distill.stage1_fraction)
+    stage2_epochs = cfg.train.epochs - stage1_epochs
+
+    def fit(i: int, dim: int, student: CroppableModel) -> list[TrainState]:
+        states = []
+        student_loss = DualDELoss(cfg.loss).to(device)
+        if stage1_epochs:
+            frozen = _frozen(teacher_model)
+
+            def stage1(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+                with torch.no_grad():
+                    target = score_batch(frozen, batch)
+                return student_loss(scores, target), {}
+
+            trainer = _per_dim_trainer(
+                cfg,
+                dataset,
+                folder,
+                student,
+                stage1,
+                i,
+                dim,
+                stage="stage1",
+                epochs=stage1_epochs,
+                extra_parameters=list(student_loss.parameters()),
+                progress=progress,
+            )
+            states.append(trainer.fit())
+            load_into(student, per_dim_model_path(folder, dim))  # stage 2 starts from the kept student
+        if stage2_epochs:
+            teacher = copy.deepcopy(teacher_model).requires_grad_(True).train()
+            teacher_loss = DualDELoss(cfg.loss).to(device)
+
+            def stage2(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+                teacher_scores = score_batch(teacher, batch)
+                s_loss, t_loss = student_loss(scores, teacher_scores), teacher_loss(teacher_scores, scores)
+                return s_loss + t_loss, {"teacher_loss": t_loss.detach()}
+
+            trainer = _per_dim_trainer(
+                cfg,
+                dataset,
+                folder,
+                student,
+                stage2,
+                i,
+                dim,
+                stage="stage2",
+                epochs=stage2_epochs,
+                extra_parameters=[*student_loss.parameters(), *teacher_loss.parameters()],
+                slow_parameters=list(teacher.parameters()),
+                slow_lr_scale=cfg.distill.teacher_lr_scale,
+                progress=progress,
+            )
+            if states:  # the student to beat is stage 1's best
+                first = states[0]
+                trainer.state.best_value, trainer.state.best_epoch = first.best_value, first.best_epoch
+                trainer.state.best_metrics = first.best_metrics
+            states.append(trainer.fit())
+        return states
+
+    return _train_per_dim(cfg, dataset, folder, fit, teacher_info)
+
+
+TEACHER_FILE = "teacher.safetensors"
+
+
+def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tuple[CroppableModel, dict[str, Any]]:
+    """The teacher of the largest dim d_n and where it came from (with its training time).
+
+    From ``distill.teacher`` (a run folder: DT's d_n model, or MED's d_n sub-model) or else trained here
+    with the base loss, with the seed DT gives its d_n model, so it is DT's largest model.
+    """
+    dim = cfg.model.dims[-1]
+    if cfg.distill.teacher:
+        source = Run.open(cfg.distill.teacher)
+        if source.entities != dataset.entities or source.relations != dataset.relations:
+            raise MedkgeError(f"distill.teacher {cfg.distill.teacher}: other vocabularies (another dataset)")
+        if source.config.model.name != cfg.model.name:
+            raise MedkgeError(
+                f"distill.teacher {cfg.distill.teacher}: a {source.config.model.name} model, not {cfg.model.name}"
+            )
+        results = source.results() or {}
+        seconds = results.get("per_dim", {}).get(str(dim), results).get("train_seconds")
+        if source.config.method in ("bkd", "dualde"):  # a distilled student's cost includes its teacher
+            seconds = results.get("train_seconds")
+        info = {"source": str(source.path.resolve()), "dim": dim, "train_seconds": seconds}
+        return source.model_for(dim), info
+    model = build_model(cfg, dataset, dims=[dim], seed=cfg.train.seed + len(cfg.model.dims) - 1)
+    trainer = Trainer(
+        cfg,
+        dataset,
+        model,
+        lambda scores, batch: (independent_loss(scores, cfg.loss), {}),
+        model_path=folder / TEACHER_FILE,
+        checkpoint_path=folder / CHECKPOINTS_DIR / "teacher.safetensors",
+        log_path=folder / LOG_FILE,
+        seed=cfg.train.seed + len(cfg.model.dims) - 1,
+        tag="teacher",
+        progress=progress,
+    )
+    state = trainer.fit()
+    load_into(model, folder / TEACHER_FILE)
+    return model, {"source": "trained in this run", "dim": dim, **_summary(state)}
+
+
+def _frozen(model: CroppableModel) -> CroppableModel:
+    return model.requires_grad_(False).eval()
+
+
+def _per_dim_trainer(
+    cfg: Config,
+    dataset: Dataset,
+    folder: Path,
+    model: CroppableModel,
+    objective: Objective,
+    i: int,
+    dim: int,
+    stage: str = "",
+    **options: Any,
+) -> Trainer:
+    """The trainer of the model of ``dim`` (index i) in a per-dim run, with its own seed and checkpoint."""
+    suffix = f".{stage}" if stage else ""
+    return Trainer(
+        cfg,
+        dataset,
+        model,
+        objective,
+        model_path=per_dim_model_path(folder, dim),
+        checkpoint_path=folder / CHECKPOINTS_DIR / f"dim_{dim}{suffix}.safetensors",
+        log_path=folder / LOG_FILE,
+        seed=cfg.train.seed + i,
+        tag=f"dim_{dim}{'/' + stage if stage else ''}",
+        **options,
+    )
+
+
+def _train_per_dim(
+    cfg: Config,
+    dataset: Dataset,
+    folder: Path,
+    fit: Callable[[int, int, CroppableModel], list[TrainState]],
+    teacher: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one model per dim with ``fit`` and sum their costs (and the teacher's) into the run's."""
     per_dim: dict[str, Any] = {}
     valid = []
     for i, dim in enumerate(cfg.model.dims):
         model = build_model(cfg, dataset, dims=[dim], seed=cfg.train.seed + i)
-        trainer = Trainer(
-            cfg,
-            dataset,
-            model.to(device),
-            lambda scores, batch: (independent_loss(scores, cfg.loss), {}),
-            model_path=per_dim_model_path(folder, dim),
-            checkpoint_path=folder / CHECKPOINTS_DIR / f"dim_{dim}.safetensors",
-            log_path=folder / LOG_FILE,
-            seed=cfg.train.seed + i,
-            tag=f"dim_{dim}",
-            progress=progress,
-        )
-        state = trainer.fit()
-        per_dim[str(dim)] = _summary(state)
-        if state.best_metrics is not None:
-            valid.append(Metrics.from_dict(state.best_metrics))
-    return {
-        "train_seconds": sum(m["train_seconds"] for m in per_dim.values()),
+        states = fit(i, dim, model)
+        per_dim[str(dim)] = {
+            **_summary(states[-1]),
+            "train_seconds": sum(s.train_seconds for s in states),
+            "eval_seconds": sum(s.eval_seconds for s in states),
+            "epochs": sum(s.epoch for s in states),
+        }
+        if states[-1].best_metrics is not None:
+            valid.append(Metrics.from_dict(states[-1].best_metrics))
+    students = sum(m["train_seconds"] for m in per_dim.values())
+    summary: dict[str, Any] = {
+        "train_seconds": students + ((teacher or {}).get("train_seconds") or 0.0),
         "eval_seconds": sum(m["eval_seconds"] for m in per_dim.values()),
         "per_dim": per_dim,
         "valid": Metrics.merge(valid).to_dict() if len(valid) == len(per_dim) else None,
     }
+    if teacher is not None:
+        summary |= {"students_train_seconds": students, "teacher": teacher}
+    return summary
 
 
 def _summary(state: TrainState) -> dict[str, Any]:
@@ -92,7 +277,7 @@ def _summary(state: TrainState) -> dict[str, Any]:
     }
 
 
-METHODS: dict[str, Method] = {"med": train_med, "dt": train_dt}
+METHODS: dict[str, Method] = {"med": train_med, "dt": train_dt, "bkd": train_bkd, "dualde": train_dualde}
 
 
 def make_config(config: Config | str | Path | dict | None = None, **options: Any) -> Config:

@@ -98,6 +98,8 @@ class Trainer:
         checkpoint_path: Path,
         log_path: Path,
         extra_parameters: list[torch.nn.Parameter] | None = None,
+        slow_parameters: list[torch.nn.Parameter] | None = None,
+        slow_lr_scale: float = 1.0,
         lr: float | None = None,
         epochs: int | None = None,
         seed: int | None = None,
@@ -110,7 +112,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.objective = objective
         self.model_path, self.checkpoint_path, self.log_path = model_path, checkpoint_path, log_path
-        self.extra_parameters = [p for p in (extra_parameters or []) if p.requires_grad]
+        # parameters trained beside the model (MED's w, DualDE's weighting, a stage-2 teacher); they are
+        # checkpointed with it. ``slow_parameters`` learn at slow_lr_scale times the learning rate.
+        extra = [p for p in (extra_parameters or []) if p.requires_grad]
+        slow = [p for p in (slow_parameters or []) if p.requires_grad]
+        self.extra_parameters = extra + slow
         self.lr = config.train.lr if lr is None else lr
         self.epochs = config.train.epochs if epochs is None else epochs
         self.tag = tag
@@ -123,7 +129,10 @@ class Trainer:
             dataset.train, dataset.num_entities, dataset.num_relations, tc.negatives, tc.corruption, tc.filter_negatives
         )
         self.generator = torch.Generator().manual_seed(tc.seed if seed is None else seed)
-        self.optimizer = torch.optim.Adam([*self.model.parameters(), *self.extra_parameters], lr=self.lr)
+        groups = [{"params": [*self.model.parameters(), *extra], "lr_scale": 1.0}]
+        if slow:
+            groups.append({"params": slow, "lr_scale": slow_lr_scale})
+        self.optimizer = torch.optim.Adam(groups, lr=self.lr)
         self.train_triples = dataset.train
         self.steps_per_epoch = math.ceil(len(dataset.train) / tc.batch_size)
         self.state = TrainState()
@@ -187,7 +196,7 @@ class Trainer:
             batch = make_batch(positives.to(self.device), corrupt_head.to(self.device), negatives.to(self.device))
             lr = self.lr * (1 - self.state.step / total_steps) if tc.lr_schedule == "linear" else self.lr
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             scores = score_batch(model, batch)
             loss, logs = self.objective(scores, batch)
             if self.cfg.loss.regularizer != "none" and self.cfg.loss.reg_weight > 0:
