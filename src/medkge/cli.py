@@ -40,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
 
     p = sub.add_parser("datasets", help="list the bundled datasets and their sizes")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_datasets)
 
-    p = sub.add_parser("train", help="train a run (MED by default)", description=TRAIN_HELP)
+    p = sub.add_parser("train", help="train a run (MED by default)", description=TRAIN_HELP, formatter_class=raw)
     p.add_argument("config", nargs="?", help="YAML config file (see configs/); flags below override it")
     p.add_argument("--out", help="run folder to create (default runs/<dataset>-<model>-<method>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in this folder")
@@ -81,7 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaml", action="store_true", help="print the default configuration as YAML")
     p.set_defaults(handler=cmd_config)
 
-    raw = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
     p = sub.add_parser(
         "crop", help="write a standalone model of any dim from a run", description=CROP_HELP, formatter_class=raw
     )
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_HELP = """Train a run. Examples:
   medkge train --dataset kinships --model rotate --dims 10,20,40,80 --epochs 100 --out runs/kin
   medkge train configs/med-rotate-wn18rr.yaml --out runs/wn --set train.device=cuda
+  medkge train --method dt --dataset kinships --dims 10,40,160 --out runs/kin-dt
   medkge train --resume runs/kin"""
 
 
