@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed queries per dim first")
     p.add_argument("--k", type=int, default=10)
     # One query is a few milliseconds of work: too little to gain from more threads, and on a shared machine
-    # waking a second thread that another process keeps busy costs more than the query (see docs/deploying.md).
+    # waking a second thread that another process keeps busy costs more than the query (README: "How fast...").
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's choice)")
     return p.parse_args()
 
