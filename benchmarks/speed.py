@@ -11,7 +11,15 @@ by side, each in a fresh subprocess so that one measurement's memory does not in
 - eval: filtered evaluation (both directions, all entities) of all 64 sub-models on the whole test set,
   and PyKEEN's filtered evaluation of one 640-d model on the first ``--pykeen-eval-queries`` test
   triples, scaled linearly to the whole test set (PyKEEN needs ~40 minutes for all 3,134 here).
-- peak memory: the peak resident set size of the subprocess that ran the measurement.
+- peak memory: the peak resident set size of a subprocess that only trains MED (3 steps), and of the one
+  that only evaluates MED.
+
+The loss is the self-adversarial one on both sides (PyKEEN's NSSALoss with margin 6 and adversarial
+temperature 1, plus the model's default regulariser as PyKEEN's training loop adds it). The scores are
+each library's own: PyKEEN's RotatE is -||h * r - t||_2 over the complex vector, medkge's gamma minus
+the sum of complex moduli (RotatE's paper); the cost per step is of the same order. PyKEEN picks head or
+tail per negative, medkge per positive. PyKEEN's evaluation time includes its setup, scaled with the
+queries, which slightly overstates it.
 
     pip install -c constraints.txt -e ".[bench]"        # PyKEEN, for the comparison columns
     python benchmarks/speed.py                          # all six models (about 30 minutes on 2 cores)
@@ -124,6 +132,7 @@ class PyKEENStepper:
         loss = self.model.loss.process_slcwa_scores(
             positive_scores=pos, negative_scores=neg, batch_filter=mask, num_entities=self.ds.num_entities
         )
+        loss = loss + self.model.collect_regularization_term()  # as PyKEEN's SLCWA loop does
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -180,6 +189,18 @@ def worker_train(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def worker_memory(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """MED's training steps alone, for the peak memory of training all sub-models."""
+    ds = medkge.load_dataset(args.dataset)
+    dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+    model = medkge.CroppableModel(model_name, ds.num_entities, ds.num_relations, dims, gamma=GAMMA)
+    med = MEDObjective(dims, LossConfig(alpha=ALPHA), MedConfig())
+    step = Stepper(model, lambda s: med(s)[0], ds, args)
+    for _ in range(3):
+        step()
+    return {}
+
+
 def worker_eval(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     ds = medkge.load_dataset(args.dataset)
     dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
@@ -218,7 +239,7 @@ WORKER_OPTIONS = (
     "pykeen_eval_queries",
     "threads",
 )
-WORKERS = {"train": worker_train, "eval": worker_eval, "pykeen_eval": worker_pykeen_eval}
+WORKERS = {"train": worker_train, "memory": worker_memory, "eval": worker_eval, "pykeen_eval": worker_pykeen_eval}
 
 
 def run_worker(kind: str, model: str, argv: list[str]) -> dict[str, Any]:
@@ -259,7 +280,7 @@ def main() -> None:
     )
     rows = []
     for name in args.models.split(","):
-        row = {"model": name, **run_worker("train", name, argv)}
+        row = {"model": name, **run_worker("train", name, argv), **run_worker("memory", name, argv)}
         if not args.skip_eval:
             row |= run_worker("eval", name, argv)
             if pykeen:
@@ -279,7 +300,7 @@ def print_row(r: dict[str, Any], first: bool) -> None:
         print(
             "| model | MED step (s) | one d_n step (s) | MED / d_n | PyKEEN d_n step (s) | MED / PyKEEN "
             "| DT steps, all dims (s) | DT / MED | MED triples/s | MED eval (s) | PyKEEN eval (s) | MED / PyKEEN eval "
-            "| peak train (GiB) | peak eval (GiB) |"
+            "| MED train peak (GiB) | MED eval peak (GiB) |"
         )
         print("|---|" + "---:|" * 13)
     pk = r.get("pykeen_step")
@@ -290,7 +311,7 @@ def print_row(r: dict[str, Any], first: bool) -> None:
         f"| {fmt(r['dt_steps'], '.2f')} | {r['dt_steps'] / r['med_step']:.1f}x "
         f"| {r['triples_per_step'] / r['med_step']:,.0f} | {fmt(r.get('med_eval'), '.1f')} "
         f"| {fmt(pk_eval, '.0f')} | {fmt(r['med_eval'] / pk_eval if pk_eval else None, '.3f')}x "
-        f"| {fmt(r.get('train_peak_gib'), '.2f')} | {fmt(r.get('eval_peak_gib'), '.2f')} |",
+        f"| {fmt(r.get('memory_peak_gib'), '.2f')} | {fmt(r.get('eval_peak_gib'), '.2f')} |",
         flush=True,
     )
 

@@ -107,3 +107,13 @@ def test_teacher_stays_frozen_in_stage_one_and_learns_in_stage_two(tmp_path, mon
     train_cli(tmp_path, "dualde")
     assert seen == [("stage1", True), ("stage2", False)] * 2
     capsys.readouterr()
+
+
+def test_dualde_refuses_a_margin_loss_and_an_unfinished_teacher(tmp_path, capsys):
+    assert main(["train", "--method", "dualde", "--set", "loss.kind=margin", "--out", str(tmp_path / "x")]) == 2
+    assert "loss.kind cannot be margin" in capsys.readouterr().err
+    (tmp_path / "dt").mkdir()
+    (tmp_path / "dt" / "config.yaml").write_text("dataset: nations\nmethod: dt\n")
+    args = ["train", "--method", "bkd", "--dataset", "nations", "--set", f"distill.teacher={tmp_path / 'dt'}"]
+    assert main([*args, "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "distill.teacher" in capsys.readouterr().err

@@ -32,6 +32,9 @@ class RunSummary:
     metrics: dict[int, dict[str, float]]  # per dim: "mrr", "hits@10", ...
     train_seconds: float
     device: str
+    ties: str
+    dataset: str
+    fingerprint: str
 
 
 def method_label(cfg: Config) -> str:
@@ -70,6 +73,9 @@ def load_summary(path: str | Path, split: str = "test") -> RunSummary:
         metrics,
         float(results["train_seconds"]),
         str(results.get("device", "")),
+        str(results[split].get("ties", "realistic")),
+        str(results.get("dataset", cfg.dataset)),
+        str(results.get("dataset_fingerprint", "")),
     )
 
 
@@ -90,6 +96,9 @@ def compare(
     if not paths:
         raise MedkgeError("compare: give at least one run folder")
     runs = [load_summary(p, split) for p in paths]
+    for run in runs[1:]:
+        if (run.dataset, run.fingerprint) != (runs[0].dataset, runs[0].fingerprint):
+            raise MedkgeError(f"compare: {run.path} was trained on other data than {runs[0].path}")
     if labels:
         if len(labels) != len(runs):
             raise MedkgeError(f"compare: {len(labels)} labels for {len(runs)} runs")
@@ -128,7 +137,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _markdown(runs: list[RunSummary], dims: list[int], reference: RunSummary, split: str) -> str:
-    lines = [f"Filtered {split} MRR / Hits@10 per dimension (realistic ties)", ""]
+    ties = ", ".join(sorted({r.ties for r in runs}))
+    lines = [f"Filtered {split} MRR / Hits@10 per dimension on {runs[0].dataset} ({ties} ties)", ""]
     lines.append("| dim | " + " | ".join(r.label for r in runs) + " |")
     lines.append("|---:|" + "---:|" * len(runs))
     for d in dims:

@@ -178,6 +178,8 @@ class Config:
         except MedkgeError as error:
             raise MedkgeError(f"config: model.dims: {error}") from None
         parse_metric(self.eval.metric, self.model.dims)
+        if self.method == "dualde" and self.loss.kind == "margin":
+            raise MedkgeError("config: method dualde mixes logistic hard and soft terms: loss.kind cannot be margin")
 
 
 # Short names accepted by medkge.train(...) and as command-line flags, for the options set most often.

@@ -93,7 +93,8 @@ def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) ->
     from it with :class:`~medkge.losses.DualDELoss`. Stage 2 (the remaining epochs) starts from the
     student kept in stage 1 and a fresh copy of the teacher, which now learns from the student the
     same way, at ``distill.teacher_lr_scale`` times the learning rate. Each stage decays the learning
-    rate over its own epochs; the student kept is the best on validation over both stages.
+    rate over its own epochs; the student kept is the best on validation over both stages. Both stages
+    use the student's seed, so stage 2 sees the batches and negatives of stage 1 again, in the same order.
     """
     device = runtime.resolve_device(cfg.train.device)
     teacher_model, teacher_info = _teacher(cfg, dataset, folder, progress)
@@ -172,14 +173,7 @@ def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tup
     """
     dim = cfg.model.dims[-1]
     if cfg.distill.teacher:
-        source = Run.open(cfg.distill.teacher)
-        if source.entities != dataset.entities or source.relations != dataset.relations:
-            raise MedkgeError(f"distill.teacher {cfg.distill.teacher}: other vocabularies (another dataset)")
-        if source.config.model.name != cfg.model.name:
-            raise MedkgeError(
-                f"distill.teacher {cfg.distill.teacher}: a {source.config.model.name} model, not {cfg.model.name}"
-            )
-        results = source.results() or {}
+        source, results = open_teacher_run(cfg, dataset)
         seconds = results.get("per_dim", {}).get(str(dim), results).get("train_seconds")
         if source.config.method in ("bkd", "dualde"):  # a distilled student's cost includes its teacher
             seconds = results.get("train_seconds")
@@ -201,6 +195,27 @@ def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tup
     state = trainer.fit()
     load_into(model, folder / TEACHER_FILE)
     return model, {"source": "trained in this run", "dim": dim, **_summary(state)}
+
+
+def open_teacher_run(cfg: Config, dataset: Dataset) -> tuple[Run, dict[str, Any]]:
+    """The finished run named by ``distill.teacher`` and its results, checked against this run's config."""
+    where = f"distill.teacher {cfg.distill.teacher}"
+    try:
+        source = Run.open(cfg.distill.teacher)
+    except MedkgeError as error:
+        raise MedkgeError(f"{where}: {error}") from None
+    results = source.results()
+    if results is None:
+        raise MedkgeError(f"{where}: the run is not finished (no results.json)")
+    if source.entities != dataset.entities or source.relations != dataset.relations:
+        raise MedkgeError(f"{where}: other vocabularies (another dataset)")
+    if source.config.model.name != cfg.model.name:
+        raise MedkgeError(f"{where}: a {source.config.model.name} model, not {cfg.model.name}")
+    if cfg.model.dims[-1] not in source.dims:
+        raise MedkgeError(
+            f"{where}: has no {cfg.model.dims[-1]}-d model (dims {source.dims}); the teacher has the largest dim"
+        )
+    return source, results
 
 
 def _frozen(model: CroppableModel) -> CroppableModel:
@@ -318,6 +333,8 @@ def train(
     if (folder / CONFIG_FILE).exists():
         raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
     dataset = load_dataset(cfg.dataset)
+    if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
+        open_teacher_run(cfg, dataset)  # a bad teacher fails before the run folder is made
     if cfg.dataset not in BUNDLED:
         cfg.dataset = str(Path(cfg.dataset).resolve())  # the run folder must find it from anywhere
     folder.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,7 @@ class Trainer:
         extra = [p for p in (extra_parameters or []) if p.requires_grad]
         slow = [p for p in (slow_parameters or []) if p.requires_grad]
         self.extra_parameters = extra + slow
+        self.small_extras = len(extra)  # kept in the final checkpoint (MED's w, DualDE's a and b)
         self.lr = config.train.lr if lr is None else lr
         self.epochs = config.train.epochs if epochs is None else epochs
         self.tag = tag
@@ -275,8 +276,9 @@ class Trainer:
     def save_checkpoint(self, final: bool = False) -> None:
         """Save the training state; a ``final`` checkpoint keeps only the progress (the model is saved)."""
         self.state.log_lines = self.log_lines
-        if final:
-            save_tensors(self.checkpoint_path, {}, {"state": self.state.__dict__})
+        if final:  # the model is saved; keep the small parameters that a next stage may start from
+            small = {f"extra.{i}": p for i, p in enumerate(self.extra_parameters[: self.small_extras])}
+            save_tensors(self.checkpoint_path, small, {"state": self.state.__dict__})
             return
         tensors = {"model.entity": self.model.entity, "model.relation": self.model.relation}
         for i, p in enumerate(self.extra_parameters):
@@ -293,6 +295,10 @@ class Trainer:
         tensors, metadata = load_tensors(self.checkpoint_path, "medkge checkpoint")
         if metadata.get("state", {}).get("finished"):
             self.state = TrainState(**metadata["state"])
+            with torch.no_grad():
+                for i, p in enumerate(self.extra_parameters[: self.small_extras]):
+                    if f"extra.{i}" in tensors:
+                        p.copy_(tensors[f"extra.{i}"])
             return
         try:
             with torch.no_grad():
