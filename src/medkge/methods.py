@@ -58,11 +58,7 @@ def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dic
     its own, as when trained separately. A resumed run skips the dims already finished.
     """
 
-    def fit(i: int, dim: int, model: CroppableModel) -> list[TrainState]:
-        objective = lambda scores, batch: (independent_loss(scores, cfg.loss), {})  # noqa: E731
-        return [_per_dim_trainer(cfg, dataset, folder, model, objective, i, dim, progress=progress).fit()]
-
-    return _train_per_dim(cfg, dataset, folder, fit)
+    return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, _base_objective(cfg), progress))
 
 
 def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
@@ -80,10 +76,7 @@ def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> di
             target = score_batch(teacher, batch)
         return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight), {}
 
-    def fit(i: int, dim: int, model: CroppableModel) -> list[TrainState]:
-        return [_per_dim_trainer(cfg, dataset, folder, model, objective, i, dim, progress=progress).fit()]
-
-    return _train_per_dim(cfg, dataset, folder, fit, teacher_info)
+    return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, objective, progress), teacher_info)
 
 
 def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
@@ -98,7 +91,7 @@ def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) ->
     """
     device = runtime.resolve_device(cfg.train.device)
     teacher_model, teacher_info = _teacher(cfg, dataset, folder, progress)
-    teacher_model = teacher_model.to(device)
+    frozen = _frozen(teacher_model.to(device))  # stage 1's teacher; stage 2 trains a copy per student
     stage1_epochs = round(cfg.train.epochs * cfg.distill.stage1_fraction)
     stage2_epochs = cfg.train.epochs - stage1_epochs
 
@@ -106,7 +99,6 @@ def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) ->
         states = []
         student_loss = DualDELoss(cfg.loss).to(device)
         if stage1_epochs:
-            frozen = _frozen(teacher_model)
 
             def stage1(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
                 with torch.no_grad():
@@ -129,7 +121,7 @@ def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) ->
             states.append(trainer.fit())
             load_into(student, per_dim_model_path(folder, dim))  # stage 2 starts from the kept student
         if stage2_epochs:
-            teacher = copy.deepcopy(teacher_model).requires_grad_(True).train()
+            teacher = copy.deepcopy(frozen).requires_grad_(True).train()
             teacher_loss = DualDELoss(cfg.loss).to(device)
 
             def stage2(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
@@ -179,16 +171,17 @@ def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tup
             seconds = results.get("train_seconds")
         info = {"source": str(source.path.resolve()), "dim": dim, "train_seconds": seconds}
         return source.model_for(dim), info
-    model = build_model(cfg, dataset, dims=[dim], seed=cfg.train.seed + len(cfg.model.dims) - 1)
+    seed = cfg.train.seed + len(cfg.model.dims) - 1  # DT's seed for its d_n model
+    model = build_model(cfg, dataset, dims=[dim], seed=seed)
     trainer = Trainer(
         cfg,
         dataset,
         model,
-        lambda scores, batch: (independent_loss(scores, cfg.loss), {}),
+        _base_objective(cfg),
         model_path=folder / TEACHER_FILE,
         checkpoint_path=folder / CHECKPOINTS_DIR / "teacher.safetensors",
         log_path=folder / LOG_FILE,
-        seed=cfg.train.seed + len(cfg.model.dims) - 1,
+        seed=seed,
         tag="teacher",
         progress=progress,
     )
@@ -216,6 +209,22 @@ def open_teacher_run(cfg: Config, dataset: Dataset) -> tuple[Run, dict[str, Any]
             f"{where}: has no {cfg.model.dims[-1]}-d model (dims {source.dims}); the teacher has the largest dim"
         )
     return source, results
+
+
+def _base_objective(cfg: Config) -> Objective:
+    """The base loss of each model on its own (DT's objective, and a teacher's)."""
+    return lambda scores, batch: (independent_loss(scores, cfg.loss), {})
+
+
+def _one_stage(
+    cfg: Config, dataset: Dataset, folder: Path, objective: Objective, progress: bool
+) -> Callable[[int, int, CroppableModel], list[TrainState]]:
+    """A per-dim ``fit`` that trains each model once with ``objective`` (DT, BKD)."""
+
+    def fit(i: int, dim: int, model: CroppableModel) -> list[TrainState]:
+        return [_per_dim_trainer(cfg, dataset, folder, model, objective, i, dim, progress=progress).fit()]
+
+    return fit
 
 
 def _frozen(model: CroppableModel) -> CroppableModel:
