@@ -16,10 +16,11 @@ Target (issue 2): all sub-models cost at most 1.2x the single d_n model, in trai
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
 
 import torch
+from timing import interleaved_medians
 
 import medkge
 from medkge.evaluation import evaluate
@@ -78,13 +79,7 @@ def step_seconds(variants: list[tuple], repeats: int) -> list[float]:
         step_fn(model, batch)
         return time.perf_counter() - started
 
-    for variant in variants:
-        step(*variant)  # warm-up: allocations, lazy initialisation
-    times: list[list[float]] = [[] for _ in variants]
-    for _ in range(repeats):
-        for i, variant in enumerate(variants):
-            times[i].append(step(*variant))
-    return [statistics.median(t) for t in times]
+    return interleaved_medians([functools.partial(step, *variant) for variant in variants], repeats)
 
 
 def main() -> None:

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
 import torch
+from timing import interleaved_medians
 
 import medkge
 from medkge.config import LossConfig, MedConfig
@@ -140,20 +140,13 @@ class PyKEENStepper:
         return time.perf_counter() - started
 
 
-def medians(steppers: list, repeats: int) -> list[float]:
-    """Median seconds of each stepper, interleaved, after one warm-up step each."""
-    for s in steppers:
-        s()
-    times: list[list[float]] = [[] for _ in steppers]
-    for _ in range(repeats):
-        for i, s in enumerate(steppers):
-            times[i].append(s())
-    return [statistics.median(t) for t in times]
+def setting(args: argparse.Namespace) -> tuple[medkge.Dataset, list[int]]:
+    """The benchmark's dataset and dims."""
+    return medkge.load_dataset(args.dataset), medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
 
 
 def worker_train(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
-    ds = medkge.load_dataset(args.dataset)
-    dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+    ds, dims = setting(args)
     loss_cfg = LossConfig(alpha=ALPHA)
 
     def model_of(d: list[int]) -> medkge.CroppableModel:
@@ -173,11 +166,12 @@ def worker_train(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
             pykeen = True
         except ImportError:
             pykeen = None
-    times = medians(steppers, args.repeats)
+    times = interleaved_medians(steppers, args.repeats)
     del steppers
     dt = 0.0  # DT: the 64 models one by one
     for d in dims:
-        (t,) = medians([Stepper(model_of([d]), lambda s: independent_loss(s, loss_cfg), ds, args)], args.dt_repeats)
+        single = Stepper(model_of([d]), lambda s: independent_loss(s, loss_cfg), ds, args)
+        (t,) = interleaved_medians([single], args.dt_repeats)
         dt += t
     return {
         "med_step": times[0],
@@ -191,8 +185,7 @@ def worker_train(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def worker_memory(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
     """MED's training steps alone, for the peak memory of training all sub-models."""
-    ds = medkge.load_dataset(args.dataset)
-    dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+    ds, dims = setting(args)
     model = medkge.CroppableModel(model_name, ds.num_entities, ds.num_relations, dims, gamma=GAMMA)
     med = MEDObjective(dims, LossConfig(alpha=ALPHA), MedConfig())
     step = Stepper(model, lambda s: med(s)[0], ds, args)
@@ -202,8 +195,7 @@ def worker_memory(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_eval(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
-    ds = medkge.load_dataset(args.dataset)
-    dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+    ds, dims = setting(args)
     model = medkge.CroppableModel(model_name, ds.num_entities, ds.num_relations, dims, gamma=GAMMA)
     started = time.perf_counter()
     evaluate(model, ds, "test", progress=False)
@@ -215,8 +207,7 @@ def worker_pykeen_eval(model_name: str, args: argparse.Namespace) -> dict[str, A
     from pykeen.models import model_resolver
     from pykeen.triples import CoreTriplesFactory
 
-    ds = medkge.load_dataset(args.dataset)
-    dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+    ds, dims = setting(args)
     factory = CoreTriplesFactory.create(ds.train, num_entities=ds.num_entities, num_relations=ds.num_relations)
     model = model_resolver.make(PYKEEN_NAMES[model_name], triples_factory=factory, embedding_dim=dims[-1])
     queries = ds.test[: args.pykeen_eval_queries]
