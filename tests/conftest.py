@@ -28,3 +28,11 @@ def random_dataset(num_entities: int = 12, num_relations: int = 3, sizes=(60, 15
         valid.clone(),
         test.clone(),
     )
+
+
+def train_tiny(out, **options):
+    """A tiny run on Nations (2 epochs, small batches, few negatives), options overriding; no progress bars."""
+    import medkge
+
+    defaults = {"dataset": "nations", "epochs": 2, "batch_size": 256, "negatives": 4, "eval_every": 1}
+    return medkge.train(**(defaults | options), out=out, progress=False)

@@ -20,7 +20,7 @@ from medkge.cli import main
 from medkge.deploy import Table
 from medkge.files import check_model_file
 
-from .conftest import random_dataset
+from .conftest import random_dataset, train_tiny
 from .reference import reference_scores
 from .test_scoring import CONFIGS, all_triples, make_model
 
@@ -30,17 +30,7 @@ TRAINED = (4, 8, 16)
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deploy") / "run"
-    medkge.train(
-        dataset="nations",
-        model="rotate",
-        dims=list(TRAINED),
-        epochs=2,
-        batch_size=256,
-        negatives=4,
-        eval_every=1,
-        out=out,
-        progress=False,
-    )
+    train_tiny(out, model="rotate", dims=list(TRAINED))
     return out
 
 
@@ -108,18 +98,7 @@ def test_crop_accepts_any_dim_up_to_the_widest_only(run_path):
 
 def test_a_dt_run_offers_only_its_trained_dims(tmp_path):
     out = tmp_path / "dt"
-    medkge.train(
-        dataset="nations",
-        model="transe",
-        method="dt",
-        dims=[4, 8],
-        epochs=1,
-        batch_size=256,
-        negatives=4,
-        eval_every=1,
-        out=out,
-        progress=False,
-    )
+    train_tiny(out, model="transe", method="dt", dims=[4, 8], epochs=1)
     run = medkge.Run.open(out)
     model = medkge.load(out)
     assert model.dims == [4, 8] and not model.croppable

@@ -15,6 +15,7 @@ from medkge import MedkgeError
 from medkge.cli import main
 from medkge.export import export
 
+from .conftest import train_tiny
 from .test_deploy import labelled
 from .test_scoring import CONFIGS, make_model
 
@@ -91,17 +92,7 @@ def test_onnx_scores_equal_medkge_scores(tmp_path, name, p, d):
 def test_onnx_export_of_a_trained_run_matches_predict(tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     run = tmp_path / "run"
-    medkge.train(
-        dataset="nations",
-        model="pairre",
-        dims=[4, 8],
-        epochs=2,
-        batch_size=256,
-        negatives=4,
-        eval_every=1,
-        out=run,
-        progress=False,
-    )
+    train_tiny(run, model="pairre", dims=[4, 8])
     code = main(["export", str(run), "--format", "onnx", "--dim", "6", "--out", str(tmp_path / "onnx")])
     out = capsys.readouterr().out
     assert code == 0 and "exported the 6-d pairre model as onnx" in out and "model.onnx" in out
