@@ -47,7 +47,7 @@ from medkge.evaluation import evaluate
 from medkge.losses import MEDObjective, independent_loss
 from medkge.runtime import keep_freed_memory
 from medkge.sampling import NegativeSampler
-from medkge.training import make_batch, score_batch
+from medkge.training import adam, make_batch, score_batch
 
 ALL_MODELS = ["rotate", "transe", "distmult", "complex", "simple", "pairre"]
 PYKEEN_NAMES = {
@@ -88,7 +88,7 @@ class Stepper:
         self.model, self.objective, self.ds = model, objective, ds
         self.sampler = NegativeSampler(ds.train, ds.num_entities, ds.num_relations, args.negatives)
         params = [*model.parameters(), *(objective.parameters() if hasattr(objective, "parameters") else [])]
-        self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)
+        self.optimizer = adam([p for p in params if p.requires_grad], 1e-4)  # the trainer's optimiser
         self.generator = torch.Generator().manual_seed(0)
         self.batch_size = args.batch_size
 

@@ -151,3 +151,31 @@ def test_regularizers():
     assert float(regularization("l2", [x], [True])) == pytest.approx(9 + 1 + 16)
     assert float(regularization("n3", [x], [True])) == pytest.approx(5.0**3 + 1.0**3)
     assert float(regularization("n3", [x], [False])) == pytest.approx(27 + 1 + 64)
+
+
+@pytest.mark.parametrize("kind", ["self_adversarial", "softplus"])
+@pytest.mark.parametrize(("ml", "dlw"), [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("scale", [3.0, 60.0])
+def test_fused_objective_equals_the_autograd_reference(kind, ml, dlw, scale):
+    """The default objective's closed-form gradient (_FusedMEDLoss) is autograd's, to rounding."""
+    dims = [2, 5, 8, 16]
+    med = MedConfig(mutual_learning=ml, dynamic_weights=dlw, w3=0.8)
+    fused = MEDObjective(dims, LossConfig(kind=kind, alpha=0.7), med).double()
+    reference = MEDObjective(dims, LossConfig(kind=kind, alpha=0.7), med).double()
+    reference.fusable = False
+    assert fused.fusable
+    scores = random_scores(B=7, K=5, n=len(dims), seed=3, scale=scale)
+    loss, logs = fused(scores)
+    expected, expected_logs = reference(scores)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    assert logs.keys() == expected_logs.keys()
+    for key in logs:
+        assert float(logs[key]) == pytest.approx(float(expected_logs[key]), rel=1e-12, abs=1e-15)
+    grad = torch.autograd.grad(2.5 * loss, scores)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(2.5 * expected, scores)[0], rtol=1e-9, atol=1e-15)
+
+
+def test_objectives_outside_the_fused_case_use_the_reference_path():
+    assert not MEDObjective([2, 4], LossConfig(kind="margin"), MedConfig()).fusable
+    assert not MEDObjective([2, 4], LossConfig(), MedConfig(evolutionary=True)).fusable
+    assert not MEDObjective([2, 4], LossConfig(), MedConfig(weights="learn")).fusable

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MedkgeError
-from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction
+from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction, training_scores
 
 DEFAULT_DIMS: tuple[int, ...] = tuple(range(10, 641, 10))
 DEFAULT_GAMMA = 12.0
@@ -222,8 +222,7 @@ class CroppableModel(nn.Module):
         """
         it = self.interaction
         entity_ids = [x for _, anchor, _, cands in groups for x in (anchor, cands.reshape(-1))]
-        # split (not slicing) so that the backward pass concatenates the pieces' gradients
-        entity = self.entity_rows(torch.cat(entity_ids)).split([len(x) for x in entity_ids])
+        entity = [self._normalize(rows) for rows in gather_rows(self.entity, entity_ids)]
         relation = self.relation_rows(torch.cat([r for _, _, r, _ in groups])).split([len(g[2]) for g in groups])
         scores, margins = [], self.margins()
         for i, (side, _, _, cands) in enumerate(groups):
@@ -231,8 +230,7 @@ class CroppableModel(nn.Module):
             cand_rows = entity[2 * i + 1].view(*cands.shape, *entity[0].shape[1:])
             r_rows = relation[i].unsqueeze(1)
             query = it.query(side, anchor_rows, r_rows)
-            sums = self.prefix(it.terms(query, it.candidate(side, cand_rows, r_rows)))
-            scores.append(it.finish(sums, margins))
+            scores.append(training_scores(it, query, it.candidate(side, cand_rows, r_rows), self.prefix, margins))
         return scores[0] if len(scores) == 1 else torch.cat(scores)
 
     @torch.no_grad()
@@ -297,6 +295,31 @@ class CroppableModel(nn.Module):
             relation = self.relation[..., :dim].detach().clone()
         cropped = CroppableModel.from_spec(spec, entity, relation)
         return cropped.to(self.entity.device).train(self.training)
+
+
+def gather_rows(table: Tensor, indices: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``table[index]`` for each index, whose backward pass adds every piece's gradient straight into one
+    table-shaped gradient (autograd's index_select of the concatenated ids, then split, would first
+    concatenate the pieces' gradients: a copy of every gathered row)."""
+    if not (torch.is_grad_enabled() and table.requires_grad):
+        return tuple(table.index_select(0, index) for index in indices)
+    return _GatherRows.apply(table, *indices)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table: Tensor, *indices: Tensor):  # type: ignore[override]
+        ctx.save_for_backward(*indices)
+        ctx.table_shape = table.shape
+        return tuple(table.index_select(0, index) for index in indices)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        grad = grads[0].new_zeros(ctx.table_shape)
+        for index, piece in zip(ctx.saved_tensors, grads, strict=True):
+            if piece is not None:
+                grad.index_add_(0, index, piece)
+        return grad, *(None for _ in grads)
 
 
 class BlockScorer:

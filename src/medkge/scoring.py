@@ -71,6 +71,8 @@ class Interaction:
     tail_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (t, r) -> candidate
     head_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (h, r) -> candidate
     uses_gamma: bool = True
+    # d finish / d sums where that is a constant (gamma - s: -1), None otherwise (gamma - sqrt(s))
+    finish_slope: float | None = -1.0
     normalizes_entities: bool = False
     complex_entities: bool = False  # entity parts are (real, imaginary)
 
@@ -182,9 +184,20 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             tail_query=lambda h, r: h + r,
             head_query=lambda r, t: t - r,
             finish=_gamma_minus if p == 1 else _gamma_minus_sqrt,
+            finish_slope=-1.0 if p == 1 else None,
         )
     if name == "distmult":
-        return Interaction("distmult", 1, 1, "dot", lambda h, r: h * r, lambda r, t: r * t, _identity, uses_gamma=False)
+        return Interaction(
+            "distmult",
+            1,
+            1,
+            "dot",
+            lambda h, r: h * r,
+            lambda r, t: r * t,
+            _identity,
+            uses_gamma=False,
+            finish_slope=1.0,
+        )
     if name == "complex":
         # Re(<h, r, conj(t)>) = <h*r, t> over (re, im) = <conj(r)*t, h> over (re, im)
         return Interaction(
@@ -196,6 +209,7 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             lambda r, t: cmul(conj(r), t),
             _identity,
             uses_gamma=False,
+            finish_slope=1.0,
             complex_entities=True,
         )
     if name == "rotate":
@@ -203,7 +217,9 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             "rotate", 2, 1, "cabs", _rotate_tail_query, _rotate_head_query, _gamma_minus, complex_entities=True
         )
     if name == "simple":
-        return Interaction("simple", 2, 2, "dot", _simple_tail_query, _simple_head_query, _half, uses_gamma=False)
+        return Interaction(
+            "simple", 2, 2, "dot", _simple_tail_query, _simple_head_query, _half, uses_gamma=False, finish_slope=0.5
+        )
     if name == "pairre":
         return Interaction(
             "pairre",
@@ -263,11 +279,104 @@ class Prefix:
 
     def read(self, sums: Tensor, dim: int, inplace: bool = False) -> Tensor:
         """Prefix sums along axis ``dim`` of segment sums, read at the dims."""
-        if self.segments > 1:
+        if self.segments > 1 and dim in (-1, sums.ndim - 1):
             sums = sums.cumsum_(dim) if inplace else sums.cumsum(dim)
+        elif self.segments > 1:
+            # cumsum along an outer axis walks memory with a stride; adding whole slices in turn gives the
+            # same sums (in the same order) 25x faster on the CPU (measured on [64, 128, 256] blocks)
+            sums = sums if inplace else sums.clone()
+            slices = sums.unbind(dim)
+            for previous, current in itertools.pairwise(slices):
+                current.add_(previous)
         if self.index is not None:
             sums = sums.index_select(dim, self.index.to(sums.device))
         return sums
+
+
+def training_scores(
+    it: Interaction, query: Tensor, candidate: Tensor, prefix: Prefix, margins: float | Tensor
+) -> Tensor:
+    """``it.finish(prefix(it.terms(query, candidate)), margins)`` with a leaner backward pass: the training path.
+
+    Autograd would keep the [..., D] differences and terms alive between the passes and, in the
+    backward pass, copy the segment gradients out to [..., D] before multiplying; here the forward pass
+    keeps only its inputs and the backward pass recomputes the difference once and scales it in place
+    by each segment's gradient, broadcast (:class:`_PrefixTerms`). The plain composition, which runs
+    where no gradient is needed, is the tested reference.
+    """
+    needs_grad = torch.is_grad_enabled() and (query.requires_grad or candidate.requires_grad)
+    if not needs_grad or prefix.interleaved:
+        sums = prefix(it.terms(query, candidate, inplace=not needs_grad), inplace=not needs_grad)
+        return it.finish(sums, margins, inplace=not needs_grad)
+    if it.finish_slope is None:  # a finish that is not affine goes through autograd
+        return it.finish(_PrefixTerms.apply(query, candidate, it, prefix, None), margins)
+    return _PrefixTerms.apply(query, candidate, it, prefix, margins)
+
+
+class _PrefixTerms(torch.autograd.Function):
+    """Prefix sums of an interaction's terms (finished, unless ``margins`` is None); see training_scores."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, candidate: Tensor, it: Interaction, prefix: Prefix, margins):  # type: ignore[override]
+        ctx.save_for_backward(query, candidate)
+        ctx.it, ctx.prefix = it, prefix
+        ctx.slope = 1.0 if margins is None else it.finish_slope
+        sums = prefix(it.terms(query, candidate, inplace=True), inplace=True)
+        return sums if margins is None else it.finish(sums, margins, inplace=True)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        query, candidate = ctx.saved_tensors
+        kernel, prefix, slope = ctx.it.kernel, ctx.prefix, ctx.slope
+        q, c = query[..., : prefix.width], candidate[..., : prefix.width]
+        # d score_i / d segment_j = slope for j <= d_i / g - 1: scatter, then sums from the right
+        if prefix.index is not None:
+            grad = grad.new_zeros(*grad.shape[:-1], prefix.segments).index_add_(-1, prefix.index.to(grad.device), grad)
+        if prefix.segments > 1:
+            # sum_{i >= j} g_i = total - cumsum_j + g_j, with the slope folded in
+            cumulative = grad.cumsum(-1)
+            total = cumulative[..., -1:].clone()
+            segment = cumulative.sub_(total).sub_(grad).mul_(-slope)
+        else:
+            segment = grad * slope
+        # one gradient per coordinate, as a broadcast view: [..., 1 (parts), G, 1] against [..., parts, G, g]
+        scale = segment.unsqueeze(-2).unsqueeze(-1)
+        if kernel == "dot":  # d (q c) / d c = q, d / d q = c
+            grad_c = _times(q, scale) if ctx.needs_input_grad[1] else None
+            grad_q = _times(c, scale) if ctx.needs_input_grad[0] else None
+        else:
+            diff = c - q  # d / d c = kernel'(c - q), d / d q = -that
+            segments = (scale.shape[-2], -1)
+            if kernel == "cabs":  # (c - q) / |c - q| per complex coordinate, the scale folded into 1 / |c - q|
+                re, im = diff.unbind(-2)
+                inverse = (re * re).addcmul_(im, im).clamp_min_(_TINY).rsqrt_().unsqueeze(-2)
+                inverse.unflatten(-1, segments).mul_(scale)
+                diff.mul_(inverse)
+            else:
+                diff.sign_() if kernel == "l1" else diff.mul_(2.0)
+                diff.unflatten(-1, segments).mul_(scale)
+            grad_q = _reduce_like(diff, query).neg() if ctx.needs_input_grad[0] else None
+            grad_c = diff
+        return _reduce_like(grad_q, query), _reduce_like(grad_c, candidate), None, None, None
+
+
+def _times(x: Tensor, scale: Tensor) -> Tensor:
+    """``x [..., parts, G * g]`` times a per-segment ``scale [..., 1, G, 1]``, broadcast."""
+    return (x.unflatten(-1, (scale.shape[-2], -1)) * scale).flatten(-2)
+
+
+def _reduce_like(grad: Tensor | None, like: Tensor) -> Tensor | None:
+    """A gradient summed over the axes along which ``like`` was broadcast, zero past the widest dim."""
+    if grad is None:
+        return None
+    if grad.ndim > like.ndim:
+        grad = grad.sum(tuple(range(grad.ndim - like.ndim)))
+    axes = tuple(i for i in range(like.ndim - 1) if like.shape[i] == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axes, keepdim=True)
+    if grad.shape[-1] != like.shape[-1]:
+        grad = torch.nn.functional.pad(grad, (0, like.shape[-1] - grad.shape[-1]))
+    return grad
 
 
 def check_dims(dims: Sequence[int] | range) -> tuple[int, ...]:

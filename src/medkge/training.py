@@ -62,6 +62,17 @@ def score_batch(model: CroppableModel, batch: Batch) -> Tensor:
     return model.score_groups(batch.parts)
 
 
+def adam(params: list[dict[str, Any]] | list[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel where PyTorch has one for the device (CPU, CUDA).
+
+    The same update as the default implementation (to float rounding) in one pass over each table
+    instead of about ten: on WN18RR's 40,943 x 640 entity table 3x faster (benchmarks/README.md).
+    """
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
 @dataclass
 class TrainState:
     """Progress of one model's training, saved in its checkpoint."""
@@ -133,7 +144,7 @@ class Trainer:
         groups = [{"params": [*self.model.parameters(), *extra], "lr_scale": 1.0}]
         if slow:
             groups.append({"params": slow, "lr_scale": slow_lr_scale})
-        self.optimizer = torch.optim.Adam(groups, lr=self.lr)
+        self.optimizer = adam(groups, self.lr)
         self.train_triples = dataset.train
         self.steps_per_epoch = math.ceil(len(dataset.train) / tc.batch_size)
         self.state = TrainState()
