@@ -6,8 +6,10 @@ by side, each in a fresh subprocess so that one measurement's memory does not in
 - train: one full training step (negative sampling, forward, backward, Adam) of MED with all 64 sub-models
   (MED's objective: base loss of every sub-model, mutual learning, dynamic weights), of one 640-d model
   (base loss), and of PyKEEN's 640-d model with the same batch, negatives and self-adversarial loss;
-  steps interleaved, medians. DT trains the 64 models one by one: its epoch costs the sum over the 64
-  dims of one d-dim step (same steps per epoch), so the ratio DT / MED is that sum over MED's step.
+  steps interleaved, medians. medkge's steps use its trainer's optimiser (Adam, fused:
+  ``medkge.training.adam``), PyKEEN's step the optimiser its pipeline builds (``torch.optim.Adam``).
+  DT trains the 64 models one by one: its epoch costs the sum over the 64 dims of one d-dim step (same
+  steps per epoch), so the ratio DT / MED is that sum over MED's step.
 - eval: filtered evaluation (both directions, all entities) of all 64 sub-models on the whole test set,
   and PyKEEN's filtered evaluation of one 640-d model on the first ``--pykeen-eval-queries`` test
   triples, scaled linearly to the whole test set (PyKEEN needs ~40 minutes for all 3,134 here).

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medkge import MODELS, CroppableModel
-from medkge.scoring import Prefix, get_interaction, training_scores
+from medkge.scoring import Prefix, get_interaction, plain_scores, training_scores
 
 from .reference import reference_all, reference_scores
 
@@ -133,16 +133,9 @@ def test_unknown_model_and_bad_ids_give_clear_errors():
         model.crop(5)
 
 
-def plain_training_scores(it, query, candidate, prefix, margins):
-    """The reference for the training path: autograd through the plain composition."""
-    return it.finish(prefix(it.terms(query, candidate)), margins)
-
-
 @pytest.mark.parametrize(("name", "p"), CONFIGS)
 @pytest.mark.parametrize("dims", [DIMS, (10, 20, 30, 40), (40,)])
-def test_training_path_gradients_equal_autograd_through_the_plain_composition(name, p, dims, monkeypatch):
-    import medkge.model
-
+def test_training_path_gradients_equal_autograd_through_the_plain_composition(name, p, dims):
     model = make_model(name, p, dims)
     g = torch.Generator().manual_seed(1)
     groups = [
@@ -158,7 +151,7 @@ def test_training_path_gradients_equal_autograd_through_the_plain_composition(na
         return scores.detach(), model.entity.grad.clone(), model.relation.grad.clone()
 
     fused = gradients()
-    monkeypatch.setattr(medkge.model, "training_scores", plain_training_scores)
+    model.fused_kernels = False  # the plain reference: autograd through finish(prefix(terms)), one gather
     plain = gradients()
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -176,10 +169,21 @@ def test_training_scores_handle_broadcast_and_a_width_below_the_tables(name, p):
     weights = torch.randn(4, 3, 2, generator=g, dtype=torch.float64)
     inputs = (query, candidate)
     fused = training_scores(it, query, candidate, prefix, margins)
-    plain = plain_training_scores(it, query, candidate, prefix, margins)
+    plain = plain_scores(it, query, candidate, prefix, margins)
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     fused_grads = torch.autograd.grad((fused * weights).sum(), inputs)
     plain_grads = torch.autograd.grad((plain * weights).sum(), inputs)
     for a, b in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert (fused_grads[1][..., 6:] == 0).all()
+
+
+def test_prefix_read_along_an_outer_axis_equals_cumsum():
+    g = torch.Generator().manual_seed(4)
+    prefix = Prefix((2, 4, 8))  # segments of 2: four of them, read at 0, 1, 3
+    sums = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    expected = sums.cumsum(0)[[0, 1, 3]]
+    kept = sums.clone()
+    torch.testing.assert_close(prefix.read(sums, dim=0), expected)
+    assert torch.equal(sums, kept)  # not in place unless asked
+    torch.testing.assert_close(prefix.read(sums, dim=0, inplace=True), expected)

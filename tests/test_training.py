@@ -159,3 +159,36 @@ def test_bernoulli_sampling_and_filtering():
             assert ((e, r, t) if corrupt_head[b] else (h, r, e)) not in known
     rate = corrupt_head[batch[:, 1] == 0].double().mean().item()
     assert rate == pytest.approx(0.75, abs=0.05)
+
+
+def test_the_trainers_adam_is_fused_on_the_cpu_and_matches_the_unfused_update():
+    from medkge.training import adam
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(50, 8, generator=g)
+    fused_param, plain_param = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    fused = adam([{"params": [fused_param]}], 0.01)
+    plain = torch.optim.Adam([plain_param], lr=0.01, foreach=False)
+    assert fused.defaults["fused"]
+    for _ in range(5):
+        grad = torch.randn(50, 8, generator=g)
+        fused_param.grad, plain_param.grad = grad.clone(), grad.clone()
+        fused.step()
+        plain.step()
+    assert not torch.equal(fused_param, start)
+    torch.testing.assert_close(fused_param, plain_param, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["rotate", "distmult"])
+def test_fused_kernels_train_the_same_model_as_the_plain_reference(tmp_path, model):
+    """train.fused_kernels: false runs the autograd reference; both end at the same model, to rounding."""
+    from .conftest import train_tiny
+
+    options = {"model": model, "dims": [4, 8, 16], "epochs": 1, "eval_every": 0, "train.threads": 1}
+    fused = train_tiny(tmp_path / "fused", **options)
+    plain = train_tiny(tmp_path / "plain", **options, **{"train.fused_kernels": False})
+    assert fused.config.train.fused_kernels and not plain.config.train.fused_kernels
+    a, b = fused.model, plain.model
+    assert not torch.equal(a.entity, b.entity)  # two code paths ran: float rounding differs
+    torch.testing.assert_close(a.entity, b.entity, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.relation, b.relation, rtol=1e-4, atol=1e-5)

@@ -101,6 +101,11 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")
     checkpoint_every: int = _opt(1, "epochs between checkpoints (0: only at the end)", min=0)
     tune_malloc: bool = _opt(True, "tell glibc to keep freed memory for reuse (much faster steps on CPU)")
+    fused_kernels: bool = _opt(
+        True,
+        "fused training kernels (MED's closed-form gradient, lean scoring backward, fused Adam); false: the plain "
+        "autograd reference they are tested against (same results to float rounding, slower)",
+    )
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
 
 

@@ -61,14 +61,14 @@ class MEDObjective(nn.Module):
     ``w = (w1, w2, w3)`` is a parameter, learned when ``med.weights == "learn"``.
     """
 
-    def __init__(self, dims: Sequence[int], loss: LossConfig, med: MedConfig):
+    def __init__(self, dims: Sequence[int], loss: LossConfig, med: MedConfig, fused: bool = True):
         super().__init__()
         self.loss_cfg, self.med_cfg = loss, med
         self.w = nn.Parameter(torch.tensor([med.w1, med.w2, med.w3]), requires_grad=med.weights == "learn")
         self.register_buffer("dim_ratio", torch.tensor([d / dims[-1] for d in dims]), persistent=False)
         # The default objective (logistic base loss, no EI, fixed weights) has a fused forward and backward
         # (_FusedMEDLoss); the general path below is its tested reference.
-        self.fusable = loss.kind != "margin" and not med.evolutionary and med.weights == "fixed"
+        self.fusable = fused and loss.kind != "margin" and not med.evolutionary and med.weights == "fixed"
 
     def forward(self, scores: Tensor, batch: object = None) -> tuple[Tensor, dict[str, Tensor]]:
         cfg, med = self.loss_cfg, self.med_cfg

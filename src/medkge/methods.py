@@ -35,7 +35,7 @@ Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
 def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
     """MED: one croppable model, all sub-models trained together with MED's objective."""
     model = build_model(cfg, dataset)
-    objective = MEDObjective(model.dims, cfg.loss, cfg.med)
+    objective = MEDObjective(model.dims, cfg.loss, cfg.med, fused=cfg.train.fused_kernels)
     trainer = Trainer(
         cfg,
         dataset,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import MedkgeError
-from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction, training_scores
+from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction, plain_scores, training_scores
 
 DEFAULT_DIMS: tuple[int, ...] = tuple(range(10, 641, 10))
 DEFAULT_GAMMA = 12.0
@@ -68,6 +68,9 @@ class CroppableModel(nn.Module):
         self.p = p
         self.dims = check_dims(dims)
         self.prefix = Prefix(self.dims)
+        # training uses the fused kernels (scoring.training_scores, gather_rows); False: the plain autograd
+        # reference they are tested against (train.fused_kernels)
+        self.fused_kernels = True
         self.gamma = float(DEFAULT_GAMMA if gamma is None else gamma)
         if gamma_scaling not in ("linear", "none"):
             raise MedkgeError(f"gamma_scaling must be linear or none, got {gamma_scaling!r}")
@@ -222,7 +225,11 @@ class CroppableModel(nn.Module):
         """
         it = self.interaction
         entity_ids = [x for _, anchor, _, cands in groups for x in (anchor, cands.reshape(-1))]
-        entity = [self._normalize(rows) for rows in gather_rows(self.entity, entity_ids)]
+        if self.fused_kernels:
+            entity = [self._normalize(rows) for rows in gather_rows(self.entity, entity_ids)]
+        else:  # the plain autograd reference (train.fused_kernels: false)
+            entity = self.entity_rows(torch.cat(entity_ids)).split([len(x) for x in entity_ids])
+        score = training_scores if self.fused_kernels else plain_scores
         relation = self.relation_rows(torch.cat([r for _, _, r, _ in groups])).split([len(g[2]) for g in groups])
         scores, margins = [], self.margins()
         for i, (side, _, _, cands) in enumerate(groups):
@@ -230,7 +237,7 @@ class CroppableModel(nn.Module):
             cand_rows = entity[2 * i + 1].view(*cands.shape, *entity[0].shape[1:])
             r_rows = relation[i].unsqueeze(1)
             query = it.query(side, anchor_rows, r_rows)
-            scores.append(training_scores(it, query, it.candidate(side, cand_rows, r_rows), self.prefix, margins))
+            scores.append(score(it, query, it.candidate(side, cand_rows, r_rows), self.prefix, margins))
         return scores[0] if len(scores) == 1 else torch.cat(scores)
 
     @torch.no_grad()

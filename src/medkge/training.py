@@ -62,15 +62,15 @@ def score_batch(model: CroppableModel, batch: Batch) -> Tensor:
     return model.score_groups(batch.parts)
 
 
-def adam(params: list[dict[str, Any]] | list[Tensor], lr: float) -> torch.optim.Adam:
-    """Adam, fused into one kernel where PyTorch has one for the device (CPU, CUDA).
+def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = True) -> torch.optim.Adam:
+    """Adam, fused into one kernel where PyTorch has one for the device (CPU, CUDA) unless ``fused`` is False.
 
     The same update as the default implementation (to float rounding) in one pass over each table
-    instead of about ten: on WN18RR's 40,943 x 640 entity table 3x faster (benchmarks/README.md).
+    instead of about ten (benchmarks/gradients.py measures the difference on a whole update).
     """
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+    fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Trainer:
         groups = [{"params": [*self.model.parameters(), *extra], "lr_scale": 1.0}]
         if slow:
             groups.append({"params": slow, "lr_scale": slow_lr_scale})
-        self.optimizer = adam(groups, self.lr)
+        self.optimizer = adam(groups, self.lr, fused=tc.fused_kernels)
         self.train_triples = dataset.train
         self.steps_per_epoch = math.ceil(len(dataset.train) / tc.batch_size)
         self.state = TrainState()
@@ -338,7 +338,7 @@ def build_model(
     """The configured model for ``dataset`` (with ``dims`` instead of the configured ones if given)."""
     generator = torch.Generator().manual_seed(cfg.train.seed if seed is None else seed)
     mc = cfg.model
-    return CroppableModel(
+    model = CroppableModel(
         mc.name,
         dataset.num_entities,
         dataset.num_relations,
@@ -351,3 +351,5 @@ def build_model(
         init_scale=mc.init_scale,
         generator=generator,
     )
+    model.fused_kernels = cfg.train.fused_kernels
+    return model
