@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .config import LossConfig, MedConfig
 
@@ -146,6 +147,7 @@ class _FusedMEDLoss(torch.autograd.Function):
         return hard + mutual, hard, mutual
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: Tensor, *_: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return (grad if bool(grad_loss == 1.0) else grad * grad_loss), None, None, None

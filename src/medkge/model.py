@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .errors import MedkgeError
 from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction, plain_scores, training_scores
@@ -321,6 +322,7 @@ class _GatherRows(torch.autograd.Function):
         return tuple(table.index_select(0, index) for index in indices)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
         grad = grads[0].new_zeros(ctx.table_shape)
         for index, piece in zip(ctx.saved_tensors, grads, strict=True):

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .errors import MedkgeError
 
@@ -332,6 +333,7 @@ class _PrefixTerms(torch.autograd.Function):
         return sums if margins is None else it.finish(sums, margins, inplace=True)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         query, candidate = ctx.saved_tensors
         kernel, prefix, slope = ctx.it.kernel, ctx.prefix, ctx.slope
