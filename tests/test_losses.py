@@ -153,18 +153,20 @@ def test_regularizers():
     assert float(regularization("n3", [x], [False])) == pytest.approx(27 + 1 + 64)
 
 
-@pytest.mark.parametrize("kind", ["self_adversarial", "softplus"])
+@pytest.mark.parametrize(("kind", "alpha"), [("self_adversarial", 0.7), ("self_adversarial", 1.0), ("softplus", 0.0)])
 @pytest.mark.parametrize(("ml", "dlw"), [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("scale", [3.0, 60.0])
-def test_fused_objective_equals_the_autograd_reference(kind, ml, dlw, scale):
+@pytest.mark.parametrize("strided", [False, True])
+def test_fused_objective_equals_the_autograd_reference(kind, alpha, ml, dlw, scale, strided):
     """The default objective's closed-form gradient (_FusedMEDLoss) is autograd's, to rounding."""
     dims = [2, 5, 8, 16]
     med = MedConfig(mutual_learning=ml, dynamic_weights=dlw, w3=0.8)
-    fused = MEDObjective(dims, LossConfig(kind=kind, alpha=0.7), med).double()
-    reference = MEDObjective(dims, LossConfig(kind=kind, alpha=0.7), med).double()
-    reference.fusable = False
-    assert fused.fusable
+    fused = MEDObjective(dims, LossConfig(kind=kind, alpha=alpha), med).double()
+    reference = MEDObjective(dims, LossConfig(kind=kind, alpha=alpha), med, fused=False).double()
+    assert fused.fusable and not reference.fusable
     scores = random_scores(B=7, K=5, n=len(dims), seed=3, scale=scale)
+    if strided:  # scores laid out [1 + K, B, n] in memory
+        scores = scores.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     loss, logs = fused(scores)
     expected, expected_logs = reference(scores)
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)

@@ -187,3 +187,12 @@ def test_prefix_read_along_an_outer_axis_equals_cumsum():
     torch.testing.assert_close(prefix.read(sums, dim=0), expected)
     assert torch.equal(sums, kept)  # not in place unless asked
     torch.testing.assert_close(prefix.read(sums, dim=0, inplace=True), expected)
+
+
+def test_prefix_read_along_an_outer_axis_passes_gradients():
+    sums = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 3, dtype=torch.float64)
+    prefix = Prefix((2, 4, 8))
+    (grad,) = torch.autograd.grad((prefix.read(sums * 1.0, dim=0) * weights).sum(), sums)
+    (expected,) = torch.autograd.grad((sums.cumsum(0)[[0, 1, 3]] * weights).sum(), sums)
+    torch.testing.assert_close(grad, expected)

@@ -192,3 +192,35 @@ def test_fused_kernels_train_the_same_model_as_the_plain_reference(tmp_path, mod
     assert not torch.equal(a.entity, b.entity)  # two code paths ran: float rounding differs
     torch.testing.assert_close(a.entity, b.entity, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.relation, b.relation, rtol=1e-4, atol=1e-5)
+
+
+def test_a_resumed_optimiser_runs_as_this_runs_config_says_not_as_the_checkpoint_did(tmp_path):
+    from medkge.config import Config
+    from medkge.training import Trainer, build_model
+
+    dataset = medkge.load_dataset("nations")
+
+    def trainer(fused: bool) -> Trainer:
+        cfg = Config().with_overrides({"dataset": "nations", "model.dims": [4, 8], "train.fused_kernels": fused})
+        return Trainer(
+            cfg,
+            dataset,
+            build_model(cfg, dataset),
+            lambda scores, batch: (scores.sum(), {}),
+            model_path=tmp_path / "model.safetensors",
+            checkpoint_path=tmp_path / "checkpoint.safetensors",
+            log_path=tmp_path / "log.jsonl",
+            progress=False,
+        )
+
+    old = trainer(fused=False)
+    assert not old.optimizer.param_groups[0]["fused"]
+    for p in old.model.parameters():
+        p.grad = torch.ones_like(p)
+    old.optimizer.step()
+    old.save_checkpoint()
+    new = trainer(fused=True)
+    new.load_checkpoint()
+    assert new.optimizer.param_groups[0]["fused"]
+    assert int(new.optimizer.state[new.model.entity]["step"]) == 1
+    new.optimizer.step()  # the loaded state works with the fused implementation

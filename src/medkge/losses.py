@@ -138,7 +138,8 @@ class _FusedMEDLoss(torch.autograd.Function):
         mutual = scores.new_zeros(())
         if mutual_learning and n > 1:
             x = q[..., :-1] - q[..., 1:]
-            mutual = torch.dot(x.view(-1), x.view(-1)) / (2 * B * columns)
+            flat = x.reshape(-1)  # x follows the layout of scores, which may be strided
+            mutual = torch.dot(flat, flat) / (2 * B * columns)
             slope = q.addcmul_(q, q, value=-1.0)  # q (1 - q), overwrites q
             grad[..., :-1].addcmul_(x, slope[..., :-1], value=1.0 / (B * columns))
             grad[..., 1:].addcmul_(x, slope[..., 1:], value=-1.0 / (B * columns))
@@ -150,7 +151,8 @@ class _FusedMEDLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, *_: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return (grad if bool(grad_loss == 1.0) else grad * grad_loss), None, None, None
+        unit = grad_loss.device.type == "cpu" and bool(grad_loss == 1.0)  # no device sync on a GPU
+        return (grad if unit else grad * grad_loss), None, None, None
 
 
 def evolutionary_positive_weights(s_prev: Tensor, w1: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:

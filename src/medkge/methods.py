@@ -170,7 +170,9 @@ def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tup
         if source.config.method in ("bkd", "dualde"):  # a distilled student's cost includes its teacher
             seconds = results.get("train_seconds")
         info = {"source": str(source.path.resolve()), "dim": dim, "train_seconds": seconds}
-        return source.model_for(dim), info
+        model = source.model_for(dim)
+        model.fused_kernels = cfg.train.fused_kernels  # DualDE's stage 2 trains it
+        return model, info
     seed = cfg.train.seed + len(cfg.model.dims) - 1  # DT's seed for its d_n model
     model = build_model(cfg, dataset, dims=[dim], seed=seed)
     trainer = Trainer(

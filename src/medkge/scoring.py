@@ -72,8 +72,9 @@ class Interaction:
     tail_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (t, r) -> candidate
     head_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (h, r) -> candidate
     uses_gamma: bool = True
-    # d finish / d sums where that is a constant (gamma - s: -1), None otherwise (gamma - sqrt(s))
-    finish_slope: float | None = -1.0
+    # d finish / d sums where that is a constant (gamma - s: -1), None otherwise (gamma - sqrt(s)):
+    # training_scores folds a constant slope into its backward pass and leaves other finishes to autograd
+    finish_slope: float | None = None
     normalizes_entities: bool = False
     complex_entities: bool = False  # entity parts are (real, imaginary)
 
@@ -215,7 +216,15 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
         )
     if name == "rotate":
         return Interaction(
-            "rotate", 2, 1, "cabs", _rotate_tail_query, _rotate_head_query, _gamma_minus, complex_entities=True
+            "rotate",
+            2,
+            1,
+            "cabs",
+            _rotate_tail_query,
+            _rotate_head_query,
+            _gamma_minus,
+            finish_slope=-1.0,
+            complex_entities=True,
         )
     if name == "simple":
         return Interaction(
@@ -230,6 +239,7 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             tail_query=_pairre_head_side,
             head_query=lambda r, t: _pairre_tail_side(t, r),
             finish=_gamma_minus,
+            finish_slope=-1.0,
             tail_candidate=_pairre_tail_side,
             head_candidate=_pairre_head_side,
             normalizes_entities=True,
@@ -280,7 +290,8 @@ class Prefix:
 
     def read(self, sums: Tensor, dim: int, inplace: bool = False) -> Tensor:
         """Prefix sums along axis ``dim`` of segment sums, read at the dims."""
-        if self.segments > 1 and dim in (-1, sums.ndim - 1):
+        outer = dim not in (-1, sums.ndim - 1)
+        if self.segments > 1 and (not outer or (sums.requires_grad and torch.is_grad_enabled())):
             sums = sums.cumsum_(dim) if inplace else sums.cumsum(dim)
         elif self.segments > 1:
             # cumsum along an outer axis walks memory with a stride; adding whole slices in turn gives the
@@ -341,13 +352,9 @@ class _PrefixTerms(torch.autograd.Function):
         # d score_i / d segment_j = slope for j <= d_i / g - 1: scatter, then sums from the right
         if prefix.index is not None:
             grad = grad.new_zeros(*grad.shape[:-1], prefix.segments).index_add_(-1, prefix.index.to(grad.device), grad)
-        if prefix.segments > 1:
-            # sum_{i >= j} g_i = total - cumsum_j + g_j, with the slope folded in
-            cumulative = grad.cumsum(-1)
-            total = cumulative[..., -1:].clone()
-            segment = cumulative.sub_(total).sub_(grad).mul_(-slope)
-        else:
-            segment = grad * slope
+        # sum_{i >= j} g_i by a cumulative sum from the right (total - cumsum + g would cancel digits)
+        segment = grad.flip(-1).cumsum(-1).flip(-1) if prefix.segments > 1 else grad
+        segment = segment * slope if slope != 1.0 else segment
         # one gradient per coordinate, as a broadcast view: [..., 1 (parts), G, 1] against [..., parts, G, g]
         scale = segment.unsqueeze(-2).unsqueeze(-1)
         if kernel == "dot":  # d (q c) / d c = q, d / d q = c

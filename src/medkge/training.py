@@ -68,6 +68,7 @@ def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = T
     The same update as the default implementation (to float rounding) in one pass over each table
     instead of about ten (benchmarks/gradients.py measures the difference on a whole update).
     """
+    params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]  # no generators
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
@@ -322,7 +323,15 @@ class Trainer:
                 if key.startswith("optim."):
                     _, index, name = key.split(".", 2)
                     optim_state.setdefault(int(index), {})[name] = value
+            # how Adam runs (fused or not) follows this run's config, not the checkpoint's
+            keys = ("fused", "foreach", "capturable", "differentiable")
+            implementation = [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict({"state": optim_state, "param_groups": metadata["param_groups"]})
+            for group, settings in zip(self.optimizer.param_groups, implementation, strict=True):
+                group.update(settings)
+                for p in group["params"] if group.get("fused") else []:  # fused Adam keeps its steps on the device
+                    if "step" in self.optimizer.state.get(p, {}):
+                        self.optimizer.state[p]["step"] = self.optimizer.state[p]["step"].to(p.device, torch.float32)
             self.generator.set_state(tensors["generator"])
             self.state = TrainState(**metadata["state"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
