@@ -1,7 +1,7 @@
 """The fused training kernels against their references, forward + backward, side by side (issue 6).
 
 - MED's objective on scores [1024, 1 + 64, 64] (64 sub-models): the autograd reference
-  (``MEDObjective`` with ``fusable = False``), the fused closed-form gradient (the default), and the
+  (``MEDObjective(..., fused=False)``), the fused closed-form gradient (the default), and the
   reference compiled with ``torch.compile`` (skipped with a message where compiling fails).
 - Scoring 1024 x (1 + 64) triples at d_n = 640 for all 64 sub-models (TransE's l1, RotatE's complex
   modulus, DistMult's product): autograd through the plain composition ``finish(prefix(terms))``
@@ -53,8 +53,7 @@ def main() -> None:
     print(f"# batch {B} x {C}, 64 sub-models (10..640), {args.threads} threads, torch {torch.__version__}")
 
     fused = MEDObjective(dims, LossConfig(), MedConfig())
-    reference = MEDObjective(dims, LossConfig(), MedConfig())
-    reference.fusable = False
+    reference = MEDObjective(dims, LossConfig(), MedConfig(), fused=False)
     variants = {
         "MED objective, autograd reference": lambda s: reference(s)[0],
         "MED objective, fused (default)": lambda s: fused(s)[0],

@@ -325,9 +325,8 @@ class _GatherRows(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
         grad = grads[0].new_zeros(ctx.table_shape)
-        for index, piece in zip(ctx.saved_tensors, grads, strict=True):
-            if piece is not None:
-                grad.index_add_(0, index, piece)
+        for index, piece in zip(ctx.saved_tensors, grads, strict=True):  # unused pieces arrive as zeros
+            grad.index_add_(0, index, piece)
         return grad, *(None for _ in grads)
 
 

@@ -72,9 +72,6 @@ class Interaction:
     tail_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (t, r) -> candidate
     head_candidate: Callable[[Tensor, Tensor], Tensor] | None = None  # (h, r) -> candidate
     uses_gamma: bool = True
-    # d finish / d sums where that is a constant (gamma - s: -1), None otherwise (gamma - sqrt(s)):
-    # training_scores folds a constant slope into its backward pass and leaves other finishes to autograd
-    finish_slope: float | None = None
     normalizes_entities: bool = False
     complex_entities: bool = False  # entity parts are (real, imaginary)
 
@@ -82,6 +79,14 @@ class Interaction:
     def sum_sign(self) -> int:
         """+1 if a larger sum of terms means a higher score (bilinear models), -1 for distances."""
         return -1 if self.uses_gamma else 1
+
+    @property
+    def finish_slope(self) -> float | None:
+        """d finish / d sums where that is a constant (gamma - s: -1), None otherwise (gamma - sqrt(s)).
+
+        training_scores folds a constant slope into its backward pass and leaves other finishes to autograd.
+        """
+        return _FINISH_SLOPES.get(self.finish)
 
     @property
     def candidates_depend_on_relation(self) -> bool:
@@ -143,6 +148,10 @@ def _half(s: Tensor, gamma: float, inplace: bool = False) -> Tensor:
     return s.mul_(0.5) if inplace else 0.5 * s
 
 
+# the finishes that are affine in the sums, with their constant slope (Interaction.finish_slope)
+_FINISH_SLOPES: dict[Callable[..., Tensor], float] = {_gamma_minus: -1.0, _identity: 1.0, _half: 0.5}
+
+
 def _simple_tail_query(h: Tensor, r: Tensor) -> Tensor:
     # s = 1/2 (<hH, r, tT> + <tH, r_inv, hT>): the coefficients of (tH, tT)
     return torch.stack((r[..., 1, :] * h[..., 1, :], r[..., 0, :] * h[..., 0, :]), dim=-2)
@@ -186,20 +195,9 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             tail_query=lambda h, r: h + r,
             head_query=lambda r, t: t - r,
             finish=_gamma_minus if p == 1 else _gamma_minus_sqrt,
-            finish_slope=-1.0 if p == 1 else None,
         )
     if name == "distmult":
-        return Interaction(
-            "distmult",
-            1,
-            1,
-            "dot",
-            lambda h, r: h * r,
-            lambda r, t: r * t,
-            _identity,
-            uses_gamma=False,
-            finish_slope=1.0,
-        )
+        return Interaction("distmult", 1, 1, "dot", lambda h, r: h * r, lambda r, t: r * t, _identity, uses_gamma=False)
     if name == "complex":
         # Re(<h, r, conj(t)>) = <h*r, t> over (re, im) = <conj(r)*t, h> over (re, im)
         return Interaction(
@@ -211,25 +209,14 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             lambda r, t: cmul(conj(r), t),
             _identity,
             uses_gamma=False,
-            finish_slope=1.0,
             complex_entities=True,
         )
     if name == "rotate":
         return Interaction(
-            "rotate",
-            2,
-            1,
-            "cabs",
-            _rotate_tail_query,
-            _rotate_head_query,
-            _gamma_minus,
-            finish_slope=-1.0,
-            complex_entities=True,
+            "rotate", 2, 1, "cabs", _rotate_tail_query, _rotate_head_query, _gamma_minus, complex_entities=True
         )
     if name == "simple":
-        return Interaction(
-            "simple", 2, 2, "dot", _simple_tail_query, _simple_head_query, _half, uses_gamma=False, finish_slope=0.5
-        )
+        return Interaction("simple", 2, 2, "dot", _simple_tail_query, _simple_head_query, _half, uses_gamma=False)
     if name == "pairre":
         return Interaction(
             "pairre",
@@ -239,7 +226,6 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
             tail_query=_pairre_head_side,
             head_query=lambda r, t: _pairre_tail_side(t, r),
             finish=_gamma_minus,
-            finish_slope=-1.0,
             tail_candidate=_pairre_tail_side,
             head_candidate=_pairre_head_side,
             normalizes_entities=True,

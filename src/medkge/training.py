@@ -329,9 +329,10 @@ class Trainer:
             self.optimizer.load_state_dict({"state": optim_state, "param_groups": metadata["param_groups"]})
             for group, settings in zip(self.optimizer.param_groups, implementation, strict=True):
                 group.update(settings)
-                for p in group["params"] if group.get("fused") else []:  # fused Adam keeps its steps on the device
-                    if "step" in self.optimizer.state.get(p, {}):
-                        self.optimizer.state[p]["step"] = self.optimizer.state[p]["step"].to(p.device, torch.float32)
+            if any(group.get("fused") for group in self.optimizer.param_groups):
+                for p, state in self.optimizer.state.items():  # fused Adam keeps its step counts on the device
+                    if "step" in state:
+                        state["step"] = state["step"].to(p.device, torch.float32)
             self.generator.set_state(tensors["generator"])
             self.state = TrainState(**metadata["state"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
