@@ -61,7 +61,8 @@ def naive_step(model: medkge.CroppableModel, batch) -> None:
     it = model.interaction
     for d in model.dims:
         per_side = []
-        for side, anchor, r, cands in batch.parts:
+        for group in batch.groups:
+            side, anchor, r, cands = group.side, group.anchor, group.relation, group.candidates
             entity, relation = model.entity_table()[..., :d], model.relation_table()[..., :d]
             r_rows = relation[r].unsqueeze(1)
             query = it.query(side, entity[anchor].unsqueeze(1), r_rows)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from timing import interleaved_medians
 
+from medkge.optim import adam
 from medkge.runtime import keep_freed_memory
-from medkge.training import adam
 
 
 def main() -> None:

@@ -1,19 +1,22 @@
 """Quality benchmark: MED against DT, BKD and DualDE (and MED's ablations) at equal epochs, per dim.
 
-Every method trains RotatE with the same epochs, batch, negatives, loss, learning rate and seed. MED
-trains one model with 64 sub-models (10, 20, ..., 640); DT trains one independent model per dim of a
-shorter list (all 64 would cost DT 32x one 640-d model per epoch); BKD and DualDE distil DT's 640-d model
-(their recorded training time includes it) into a student per dim of that list. Each dataset's runs are
-compared with ``medkge compare``: the table and plot land in ``--results`` (docs/results/ by default).
+Every method trains the same model (RotatE unless ``--model``) with the same epochs, batch, negatives,
+loss, learning rate and seeds. MED trains one model with 64 sub-models (10, 20, ..., 640); DT trains one
+independent model per dim of a shorter list (all 64 would cost DT 32x one 640-d model per epoch); BKD and
+DualDE distil DT's 640-d model of the same seed (their recorded training time includes it) into a student
+per dim of that list. Each dataset's runs are compared with ``medkge compare`` (mean and standard deviation
+over the seeds): the table and plot land in ``--results`` (docs/results/ by default).
 
-    python benchmarks/quality.py --threads 1       # the committed results (about 2.5 hours on 2 cores)
-    python benchmarks/quality.py --datasets kinships --methods med,dt --epochs 20   # a quick look
+    python benchmarks/quality.py --threads 1 --seeds 3 --datasets kinships,umls   # the committed results
+    python benchmarks/quality.py --datasets kinships --methods med,dt --epochs 20 --ablations ''   # a quick look
+    python benchmarks/quality.py --datasets wn18rr --methods med,dt --dt-dims 10,40,160,640 --epochs 100 \\
+        --eval-every 10 --patience 3 --ablations med-no-ml,med-no-dlw,med-base-loss-only \\
+        --out runs/converged --results docs/results/converged --threads 1    # to early stopping
 
-Kinships and WN18RR train MED, DT, BKD and DualDE, UMLS MED and DT; Kinships also MED's ablations.
-With ``--threads 1`` two invocations (say ``--datasets wn18rr`` and ``--datasets kinships,umls``) can run
-side by side on 2 cores, as the committed results were made.
-
-Runs already finished in ``--out`` are reused and interrupted ones resumed, so the script can be re-run.
+Kinships and WN18RR train MED, DT, BKD and DualDE, UMLS and FB15k-237 MED and DT; each dataset also the
+ablations SETTINGS lists for it (Kinships all of them). Runs are folders ``<dataset>-<model>-<method or
+ablation>-seed<seed>`` under ``--out``; runs already finished there are reused and interrupted ones resumed,
+so the script can be re-run (and stopped at any time).
 """
 
 from __future__ import annotations
@@ -23,30 +26,58 @@ import json
 from pathlib import Path
 
 import medkge
-from medkge.compare import compare
+from medkge.compare import MethodSummary, compare, method_label, summarize
+from medkge.config import Config
 
-# Per dataset: the options every method shares, and the dims DT and the distillations train.
+DIMS = [10, 20, 40, 80, 160, 320, 640]
+# Per dataset: the options every method shares, the dims DT and the distillations train, the methods and
+# MED's ablations (tags of ABLATIONS) trained by default.
 SETTINGS = {
     "kinships": {
         "options": {"epochs": 50, "gamma": 6.0, "lr": 0.01},
-        "dims": [10, 20, 40, 80, 160, 320, 640],
+        "methods": "med,dt,bkd,dualde",
+        "ablations": "med-base-loss-only,med-no-ml,med-no-dlw,med-paper-ei,med-4-sub-models",
     },
     "umls": {  # MED against DT only (issue 3)
         "options": {"epochs": 50, "gamma": 6.0, "lr": 0.01},
-        "dims": [10, 20, 40, 80, 160, 320, 640],
         "methods": "med,dt",
+        "ablations": "med-base-loss-only",
     },
     "wn18rr": {
         "options": {"epochs": 8, "gamma": 6.0, "lr": 0.005, "loss.alpha": 0.5},
-        "dims": [10, 20, 40, 80, 160, 320, 640],
+        "methods": "med,dt,bkd,dualde",
+        "ablations": "med-base-loss-only",
+    },
+    "fb15k237": {  # RotatE's published gamma (9) and alpha (1) for FB15k-237
+        "options": {"epochs": 50, "gamma": 9.0, "lr": 0.005},
+        "methods": "med,dt",
+        "ablations": "med-base-loss-only",
     },
 }
 MED_DIMS = list(range(10, 641, 10))
 # MED's ablations (MED.md section 3): each switches one part off, or trains only 4 sub-models
 ABLATIONS = {
+    "med-base-loss-only": {"med.mutual_learning": False, "med.dynamic_weights": False, "med.evolutionary": False},
     "med-no-ml": {"med.mutual_learning": False},
     "med-no-dlw": {"med.dynamic_weights": False},
-    "med-paper-ei": {"med.evolutionary": True},  # EI as the paper states it (off by default)
+    "med-no-ei": {"med.evolutionary": False},
+    # EI as the paper states it (MED.md section 3)
+    "med-paper-ei": {
+        "med.evolutionary": True,
+        "med.ei_positives": "paper-literal",
+        "med.ei_negatives": "paper-literal",
+    },
+    # EI read as RotatE's self-adversarial weights of the smaller neighbour, bounded positive weights
+    "med-ei-error-raw": {"med.evolutionary": True, "med.ei_positives": "error", "med.ei_negatives": "raw"},
+    # raw-score negatives, positive weights proportional to 1 / q (mean one)
+    "med-ei-power-raw": {"med.evolutionary": True, "med.ei_positives": "power", "med.ei_negatives": "raw"},
+    # error/raw with the temperature of the base loss where loss.alpha is 0.5 (WN18RR)
+    "med-ei-error-raw-w2-half": {
+        "med.evolutionary": True,
+        "med.ei_positives": "error",
+        "med.ei_negatives": "raw",
+        "med.w2": 0.5,
+    },
     "med-4-sub-models": {"dims": [10, 40, 160, 640]},
 }
 
@@ -54,15 +85,23 @@ ABLATIONS = {
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="kinships,wn18rr,umls")
+    p.add_argument("--model", default="rotate")
     p.add_argument(
-        "--methods", help="methods to train (default: per dataset, else med,dt,bkd,dualde; DT is the teacher)"
+        "--methods", help="methods to train (default: per dataset, else med,dt,bkd,dualde; DT is the teacher; '' none)"
     )
-    p.add_argument("--ablations", default="kinships", help="datasets that also train MED's ablations ('' for none)")
+    p.add_argument(
+        "--ablations", help=f"ablations to train on every dataset, of {', '.join(ABLATIONS)} (default: per dataset)"
+    )
     p.add_argument("--epochs", type=int, help="epochs for every dataset (default: per dataset, see SETTINGS)")
+    p.add_argument("--eval-every", type=int, help="epochs between validations (default: once, at the end)")
+    p.add_argument("--patience", type=int, default=0, help="validations without improvement before stopping")
+    p.add_argument("--dt-dims", help=f"dims of DT, BKD, DualDE and the table's rows (default {DIMS})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option for every run")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="runs/quality", help="folder for the run folders")
     p.add_argument("--results", default="docs/results", help="folder for each dataset's comparison")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per method: seed, seed + 1, ...")
     return p.parse_args()
 
 
@@ -70,42 +109,102 @@ def train_or_reuse(folder: Path, **options) -> medkge.Run:
     if (folder / "results.json").is_file():
         return medkge.Run.open(folder)
     if (folder / "config.yaml").is_file():
-        return medkge.resume(folder)
-    return medkge.train(**options, out=folder)
+        return medkge.resume(folder, progress=False)
+    print(f"training {folder}", flush=True)
+    return medkge.train(**options, out=folder, progress=False)  # progress: the run's metrics.jsonl
+
+
+def gap_table(med: MethodSummary, base: MethodSummary, dims: list[int]) -> str:
+    """MED's test MRR minus base-loss-only's per dim, beside each one's standard deviation over the seeds:
+    does MED's objective (ML, EI if on, DLW) beat all prefixes trained jointly on the base loss alone?"""
+    lines = [
+        f"MED against base loss only, test MRR ({len(med.runs)} and {len(base.runs)} seeds; std: sample standard "
+        "deviation over the seeds)",
+        "",
+        "| dim | MED | base loss only | MED - base | std MED | std base | beyond one std of both |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for d in dims:
+        a, b = med.mean(d, "mrr"), base.mean(d, "mrr")
+        if a is None or b is None:
+            continue
+        sa, sb = med.std(d, "mrr"), base.std(d, "mrr")
+        std = "" if sa is None or sb is None else ("yes" if a - b > max(sa, sb) else "no")
+        cells = [f"{x:.3f}" if x is not None else "" for x in (a, b, a - b, sa, sb)]
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {std} |")
+    return "\n".join(lines) + "\n"
+
+
+def budget_table(folders: dict[str, list[Path]]) -> str:
+    """Per run: epochs reached (the kept model's epoch), whether it stopped early, and its recorded times."""
+    lines = [
+        "Epochs reached (epoch of the kept model) and recorded times: training, validations during training, test",
+        "",
+        "| run | epochs (kept) | stopped early | training | validation | test | total |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for runs in folders.values():
+        for folder in runs:
+            r = json.loads((folder / "results.json").read_text())
+            parts = [(d, m) for d, m in r.get("per_dim", {}).items()] or [("", r)]
+            epochs = ", ".join(f"{d + ': ' if d else ''}{m['epochs']} ({m['best_epoch']})" for d, m in parts)
+            early = ", ".join(str(bool(m.get("stopped_early"))).lower() for _, m in parts)
+            times = [r["train_seconds"], r.get("eval_seconds", 0.0), r.get("test_eval_seconds", 0.0)]
+            cells = [f"{t / 60:.1f} min" for t in [*times, sum(times)]]
+            lines.append(f"| {folder.name} | {epochs} | {early} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
-    ablate = set(filter(None, args.ablations.split(",")))
+    seeds = range(args.seed, args.seed + args.seeds)
+    dims = [int(d) for d in args.dt_dims.split(",")] if args.dt_dims else DIMS
+    extra_options = dict(item.split("=", 1) for item in args.set)
     for name in args.datasets.split(","):
-        settings = SETTINGS.get(name, {"options": {"epochs": 50}, "dims": [10, 20, 40, 80, 160, 320, 640]})
+        settings = SETTINGS.get(name, {"options": {"epochs": 50}})
         options = dict(settings["options"])
         if args.epochs:
             options["epochs"] = args.epochs
-        common = {"dataset": name, "model": "rotate", "seed": args.seed, "eval_every": options["epochs"], **options}
-        common["patience"] = 0
+        common = {"dataset": name, "model": args.model, **options, **extra_options}
+        common |= {"eval_every": args.eval_every or options["epochs"], "patience": args.patience}
         if args.threads:
             common["train.threads"] = args.threads
-        folders = []
-        methods = args.methods or settings.get("methods", "med,dt,bkd,dualde")
-        for method in methods.split(","):
-            folder = out / f"{name}-{method}"
-            extra = {"dims": MED_DIMS} if method == "med" else {"dims": settings["dims"]}
-            if method in ("bkd", "dualde"):
-                extra["distill.teacher"] = str(out / f"{name}-dt")
-            train_or_reuse(folder, **common, **extra, method=method)
-            folders.append(folder)
-        if name in ablate:
-            for tag, switch in ABLATIONS.items():
-                folder = out / f"{name}-{tag}"
-                train_or_reuse(folder, **{**common, "dims": MED_DIMS, **switch}, method="med")
-                folders.append(folder)
-        results = Path(args.results) / name
-        table = compare(folders, results, dims=settings["dims"])  # the rows: DT's dims
-        settings_text = json.dumps({k: v for k, v in common.items() if k != "dataset"})
+        methods = settings.get("methods", "med,dt,bkd,dualde") if args.methods is None else args.methods
+        ablations = settings.get("ablations", "") if args.ablations is None else args.ablations
+        tags = [*filter(None, methods.split(",")), *filter(None, ablations.split(","))]
+        folders: dict[str, list[Path]] = {}  # per tag, one run per seed
+        for tag in tags:
+            for seed in seeds:
+                folder = out / f"{name}-{args.model}-{tag}-seed{seed}"
+                run_options = {**common, "seed": seed}
+                if tag in ABLATIONS:
+                    run_options |= {"method": "med", "dims": MED_DIMS, **ABLATIONS[tag]}
+                else:
+                    run_options |= {"method": tag, "dims": MED_DIMS if tag == "med" else dims}
+                if tag in ("bkd", "dualde"):
+                    run_options["distill.teacher"] = str(out / f"{name}-{args.model}-dt-seed{seed}")
+                train_or_reuse(folder, **run_options)
+                folders.setdefault(tag, []).append(folder)
+        # one method per tag, whatever the configs: an ablation equal to the default stays its own row
+        by_tag = {tag: summarize(runs, labels=[tag] * len(runs))[0] for tag, runs in folders.items()}
+        labels = {tag: method_label(Config.from_yaml(runs[0] / "config.yaml")) for tag, runs in folders.items()}
+        repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+        labels = {tag: f"{label} [{tag}]" if label in repeated else label for tag, label in labels.items()}
+        paths = [f for runs in folders.values() for f in runs]
+        results = Path(args.results) / (name if args.model == "rotate" else f"{name}-{args.model}")
+        per_run = [labels[tag] for tag, runs in folders.items() for _ in runs]
+        table = compare(paths, results, dims=dims, labels=per_run)  # the rows: DT's dims
+        if "med" in by_tag and "med-base-loss-only" in by_tag:
+            gap = gap_table(by_tag["med"], by_tag["med-base-loss-only"], dims)
+            (results / "gap.md").write_text(gap)
+            table += "\n" + gap
+        (results / "budget.md").write_text(budget_table(folders))
+        recorded = {k: v for k, v in common.items() if k != "dataset"} | {"seeds": list(seeds)}
+        settings_text = json.dumps(recorded)
         (results / "settings.json").write_text(settings_text + "\n")
-        print(f"\n### {name}: RotatE, {options['epochs']} epochs for every method\nsettings: {settings_text}\n{table}")
+        print(f"\n### {name}: {args.model}, {options['epochs']} epochs for every method\nsettings: {settings_text}")
+        print(table, flush=True)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ import medkge
 from medkge.config import LossConfig, MedConfig
 from medkge.evaluation import evaluate
 from medkge.losses import MEDObjective, independent_loss
+from medkge.optim import adam
 from medkge.runtime import keep_freed_memory
 from medkge.sampling import NegativeSampler
-from medkge.training import adam, make_batch, score_batch
+from medkge.training import make_batch, score_batch
 
 ALL_MODELS = ["rotate", "transe", "distmult", "complex", "simple", "pairre"]
 PYKEEN_NAMES = {

@@ -2,7 +2,10 @@
 
 Trains one MED (or DT) run per grid entry on a dataset, RotatE with dims 10, 20, 40, 80, 160 unless the
 entry sets ``dims``, validating twice (half-way and at the end, keeping the better), and prints the
-validation MRR of every dim. Each entry is a JSON object of options as ``medkge.train`` takes them.
+validation MRR of every dim (of 10, 20, 40, ..., 640 when there are more than 8) and their mean, and for
+EI runs the effective share of weighted positives (``ess_pos``) and negatives (``ess_neg``) averaged over
+the epochs. Each entry is a JSON object of options as ``medkge.train`` takes them. Runs go to
+``runs/sweep/<dataset>-<tag>-<i>``; finished ones are reused and interrupted ones resumed.
 
     python benchmarks/sweep.py kinships 100 '[{"gamma": 6, "lr": 0.01}, {"gamma": 6, "med.evolutionary": true}]' ei
 """
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import medkge
 
+SHOWN = (10, 20, 40, 80, 160, 320, 640)
+
 
 def main() -> None:
     if len(sys.argv) != 5:
@@ -24,11 +29,25 @@ def main() -> None:
     base = {"dataset": dataset, "model": "rotate", "epochs": epochs, "eval_every": max(1, epochs // 2), "patience": 0}
     for i, options in enumerate(grid):
         options = {"dims": [10, 20, 40, 80, 160], **options}
+        folder = Path("runs/sweep") / f"{dataset}-{tag}-{i}"
         started = time.perf_counter()
-        run = medkge.train(**base, **options, out=Path("runs/sweep") / f"{dataset}-{tag}-{i}", progress=False)
+        if (folder / "results.json").is_file():
+            run = medkge.Run.open(folder)
+        elif (folder / "config.yaml").is_file():
+            run = medkge.resume(folder, progress=False)
+        else:
+            run = medkge.train(**(base | options), out=folder, progress=False)  # an entry may set eval_every
         valid = run.results()["valid"]["dims"]
-        mrr = " ".join(f"{d}:{v['mrr']:.3f}" for d, v in valid.items())
-        print(json.dumps(options), f"{time.perf_counter() - started:5.0f}s", mrr, flush=True)
+        shown = [d for d in valid if len(valid) <= 8 or int(d) in SHOWN]  # 64 sub-models: DT's dims
+        mrr = " ".join(f"{d}:{valid[d]['mrr']:.3f}" for d in shown)
+        mrr += f" mean:{sum(v['mrr'] for v in valid.values()) / len(valid):.3f}"
+        epochs_logged = [r for r in run.log() if r.get("type") == "epoch"]
+        shares = ""
+        for key in ("ess_pos", "ess_neg"):
+            values = [r[key] for r in epochs_logged if key in r]
+            if values:
+                shares += f" {key} {sum(values) / len(values):.3f} (last {values[-1]:.3f})"
+        print(json.dumps(options), f"{time.perf_counter() - started:5.0f}s", mrr + shares, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""``medkge compare``: the table's numbers are the runs' recorded metrics, and the plot is a real PNG."""
+"""``medkge compare``: the table's numbers are the runs' recorded metrics (the mean and standard deviation of
+several seeds), and the plot is a real PNG."""
 
 from __future__ import annotations
 
 import csv
 import json
+import statistics
+
+import pytest
 
 from medkge.cli import main
+from medkge.compare import method_key, method_label
+from medkge.config import Config
 
 
 def test_compare_renders_table_and_plot_from_the_runs(tmp_path, capsys):
@@ -43,3 +49,51 @@ def test_compare_renders_table_and_plot_from_the_runs(tmp_path, capsys):
 def test_compare_errors_are_one_line(tmp_path, capsys):
     assert main(["compare", str(tmp_path)]) == 2
     assert "not a medkge run folder" in capsys.readouterr().err
+
+
+def test_seeds_of_one_method_are_reported_as_mean_and_std(tmp_path, capsys):
+    """Runs equal but for the seed form one method: the cells, CSV columns and plot are the mean and the
+    sample standard deviation of the runs' recorded metrics."""
+    runs = []
+    for name, seed, method in (("med0", 0, "med"), ("dt0", 0, "dt"), ("med1", 1, "med")):
+        out = tmp_path / name
+        args = ["train", "--dataset", "nations", "--model", "transe", "--method", method, "--dims", "4,8"]
+        args += ["--epochs", "2", "--batch-size", "512", "--negatives", "4", "--seed", str(seed), "--out", str(out)]
+        assert main([*args, "--quiet", "--set", "train.threads=1"]) == 0
+        runs.append(out)
+    capsys.readouterr()
+    assert main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) == 0
+    markdown = capsys.readouterr().out
+    assert "| dim | MED (2 sub-models), 2 seeds | DT |" in markdown
+    assert "| 0, 1 |" in markdown and "mean ± sample standard deviation" in markdown
+    seeds = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("med0", "med1")]
+    rows = list(csv.DictReader((tmp_path / "cmp" / "comparison.csv").open()))
+    assert [(r["method"], r["dim"], r["seeds"]) for r in rows] == [
+        ("MED (2 sub-models), 2 seeds", "4", "2"),
+        ("MED (2 sub-models), 2 seeds", "8", "2"),
+        ("DT", "4", "1"),
+        ("DT", "8", "1"),
+    ]
+    for row in rows[:2]:
+        values = [r["test"]["dims"][row["dim"]]["mrr"] for r in seeds]
+        assert float(row["mrr"]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert float(row["mrr_std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+        assert f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} / " in markdown
+        times = [r["train_seconds"] for r in seeds]
+        assert float(row["train_seconds"]) == pytest.approx(statistics.fmean(times), rel=1e-12)
+    assert rows[2]["mrr_std"] == "" and float(rows[2]["time_vs_reference"]) > 0
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    # the same label groups runs explicitly, whatever their configs
+    assert main(["compare", *map(str, runs[:2]), "--labels", "A,A"]) == 0
+    assert "| dim | A, 2 seeds |" in capsys.readouterr().out
+
+
+def test_labels_name_the_switched_parts_of_med():
+    base = Config().with_overrides({"med.mutual_learning": False, "med.dynamic_weights": False})
+    assert method_label(base) == "MED (base loss only)"
+    assert method_label(Config().with_overrides({"med.mutual_learning": False})) == "MED (no ML)"
+    reading = {"med.evolutionary": True, "med.ei_positives": "power", "med.ei_negatives": "own", "med.w2": 0.5}
+    assert "EI power/own, w2 0.5" in method_label(Config().with_overrides(reading))
+    assert method_label(Config().with_overrides({"model.dims": [10, 40, 160, 640]})) == "MED (4 sub-models)"
+    assert method_key(Config().with_overrides({"train.seed": 3, "train.threads": 1})) == method_key(Config())
+    assert method_key(Config().with_overrides({"train.lr": 0.5})) != method_key(Config())

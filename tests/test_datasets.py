@@ -43,7 +43,7 @@ def test_bundled_datasets_have_their_published_sizes(name):
     assert ds.entities == sorted(ds.entities) and ds.relations == sorted(ds.relations)
     for split in ("train", "valid", "test"):
         x = ds.split(split)
-        assert x.dtype == torch.int64 and x.shape[1] == 3
+        assert x.dtype == torch.int32 and x.shape[1] == 3  # ids fit in int32: half the memory of int64
         assert x[:, [0, 2]].max() < ds.num_entities and x[:, 1].max() < ds.num_relations
 
 
@@ -129,3 +129,46 @@ def test_list_and_fingerprint():
     assert set(list_datasets()) == set(EXPECTED)
     assert load_dataset("nations").fingerprint() == load_dataset("nations").fingerprint()
     assert load_dataset("nations").fingerprint() != load_dataset("umls").fingerprint()
+
+
+def test_the_fast_reader_and_the_line_reader_agree(tmp_path):
+    """pyarrow reads tab-separated files; space-separated ones go through the careful line reader."""
+    rows = ["a\tr\tb", " b \t r\tc ", "c\ts\ta", "d\tr\ta"]
+    tabs = load_dataset(write_splits(tmp_path / "tabs", "\n".join(rows), "d\tr\tb\n", "a\ts\td\n"))
+    spaces = load_dataset(
+        write_splits(tmp_path / "spaces", "\n".join(r.replace("\t", " ") for r in rows), "d r b\n", "a s d\n")
+    )
+    assert tabs.entities == spaces.entities == ["a", "b", "c", "d"]  # labels trimmed on both paths
+    for split in ("train", "valid", "test"):
+        assert torch.equal(tabs.split(split), spaces.split(split))
+
+
+def test_the_cache_is_used_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
+    import medkge.datasets as datasets
+
+    folder = write_splits(tmp_path / "kg", "a\tr\tb\nb\tr\tc\n")
+    first = load_dataset(folder, cache=True)
+    assert (folder / ".medkge-cache" / "meta.json").is_file()
+    calls = []
+    real = datasets._parse
+
+    def counting(files):
+        calls.append(files)
+        return real(files)
+
+    monkeypatch.setattr(datasets, "_parse", counting)
+    cached = load_dataset(folder, cache=True)
+    assert not calls and cached.fingerprint() == first.fingerprint()  # from the cache
+    (folder / "train.txt").write_text("a\tr\tb\nb\tr\td\n")  # same size, another tail
+    changed = load_dataset(folder, cache=True)
+    assert len(calls) == 1 and "d" in changed.entities
+    assert load_dataset(folder, cache=True).entities == changed.entities and len(calls) == 1
+    (folder / ".medkge-cache" / "train.npy").write_bytes(b"damaged")
+    assert load_dataset(folder, cache=True).fingerprint() == changed.fingerprint() and len(calls) == 2
+    assert load_dataset(folder, cache=False).fingerprint() == changed.fingerprint() and len(calls) == 3
+
+
+def test_small_folders_are_not_cached_by_default(tmp_path):
+    folder = write_splits(tmp_path / "kg")
+    load_dataset(folder)
+    assert not (folder / ".medkge-cache").exists()

@@ -6,9 +6,17 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medkge.config import LossConfig, MedConfig
-from medkge.losses import MEDObjective, base_loss, evolutionary_positive_weights, negative_weights, regularization
+from medkge.losses import (
+    MEDObjective,
+    base_loss,
+    evolutionary_positive_weights,
+    evolutionary_weights,
+    negative_weights,
+    regularization,
+)
 
 
 def log_sigmoid(x: float) -> float:
@@ -41,7 +49,28 @@ def loop_base(s: list[list[float]], alpha: float) -> float:
     return pos + neg / B
 
 
-def loop_med(scores: torch.Tensor, dims, alpha, w1, w2, w3, ml=True, ei=True, dlw=True) -> float:
+def ei_positive_logit(reading: str, s: float) -> float:
+    """f(q) of MED.md's EI positive weights under each reading, q = sigmoid(s)."""
+    q = sigmoid(s)
+    return {"paper-literal": 1 / q, "power": -math.log(q), "error": 1 - q, "uniform": 0.0}[reading]
+
+
+def loop_ei_weights(s, i, w1, w2, positives="paper-literal", negatives="paper-literal", alpha=1.0, temperature=1.0):
+    """EI weights of sub-model i >= 1 (0-based) from sub-model i-1's scores s[i-1][b][k], one triple at a time."""
+    B = len(s[i])
+    u = softmax([w1 * ei_positive_logit(positives, s[i - 1][b][0]) / temperature for b in range(B)])
+    v = []
+    for b in range(B):
+        if negatives == "paper-literal":
+            v.append(softmax([w2 * sigmoid(x) for x in s[i - 1][b][1:]]))
+        elif negatives == "raw":
+            v.append(softmax([w2 * x for x in s[i - 1][b][1:]]))
+        else:  # the sub-model's own self-adversarial weights
+            v.append(softmax([alpha * x for x in s[i][b][1:]]))
+    return u, v
+
+
+def loop_med(scores: torch.Tensor, dims, alpha, w1, w2, w3, ml=True, ei=True, dlw=True, **reading) -> float:
     B, _, n = scores.shape
     s = [[[float(scores[b, k, i]) for k in range(scores.shape[1])] for b in range(B)] for i in range(n)]
     total = 0.0
@@ -54,12 +83,11 @@ def loop_med(scores: torch.Tensor, dims, alpha, w1, w2, w3, ml=True, ei=True, dl
         if i == 0 or not ei:
             hard = loop_base(s[i], alpha)
         else:
-            u = softmax([w1 / sigmoid(s[i - 1][b][0]) for b in range(B)])
+            u, v = loop_ei_weights(s, i, w1, w2, alpha=alpha, **reading)
             hard = -sum(u[b] * log_sigmoid(s[i][b][0]) for b in range(B))
             neg = 0.0
             for b in range(B):
-                v = softmax([w2 * sigmoid(x) for x in s[i - 1][b][1:]])
-                neg -= sum(vk * log_sigmoid(-x) for vk, x in zip(v, s[i][b][1:], strict=True))
+                neg -= sum(vk * log_sigmoid(-x) for vk, x in zip(v[b], s[i][b][1:], strict=True))
             hard += neg / B
         weight = math.exp(w3 * dims[i] / dims[-1]) if dlw else 1.0
         total += weight * hard
@@ -177,7 +205,104 @@ def test_fused_objective_equals_the_autograd_reference(kind, alpha, ml, dlw, sca
     torch.testing.assert_close(grad, torch.autograd.grad(2.5 * expected, scores)[0], rtol=1e-9, atol=1e-15)
 
 
+READINGS = [
+    {"positives": p, "negatives": n}
+    for p, n in [
+        ("paper-literal", "paper-literal"),
+        ("power", "raw"),
+        ("error", "raw"),
+        ("error", "own"),
+        ("uniform", "raw"),
+        ("power", "paper-literal"),
+    ]
+]
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: f"{r['positives']}+{r['negatives']}")
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_every_ei_reading_equals_its_formula(reading, temperature):
+    """Loss and weights of each EI reading equal a triple-by-triple computation; ess_pos is 1 / sum u^2."""
+    dims = [2, 5, 8]
+    scores = random_scores(B=6, K=4, n=len(dims), seed=1)
+    med = MedConfig(
+        evolutionary=True,
+        ei_positives=reading["positives"],
+        ei_negatives=reading["negatives"],
+        pos_temperature=temperature,
+        w1=0.75,
+        w2=1.5,
+        w3=0.5,
+    )
+    for fused in (False, True):
+        objective = MEDObjective(dims, LossConfig(alpha=0.7), med, fused=fused).double()
+        loss, logs = objective(scores)
+        expected = loop_med(scores.detach(), dims, 0.7, 0.75, 1.5, 0.5, temperature=temperature, **reading)
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-10)
+        s = [[[float(scores.detach()[b, k, i]) for k in range(5)] for b in range(6)] for i in range(3)]
+        ess = [
+            1 / sum(x * x for x in loop_ei_weights(s, i, 0.75, 1.5, alpha=0.7, temperature=temperature, **reading)[0])
+            for i in (1, 2)
+        ]
+        assert float(logs["ess_pos"]) == pytest.approx(sum(ess) / 2 / 6, rel=1e-10)
+        assert ("ess_neg" in logs) == (reading["negatives"] != "own")
+    own = negative_weights("self_adversarial", scores.detach()[:, 1:], 0.7)
+    pos_w, neg_w, _ = evolutionary_weights(scores.detach(), med, torch.tensor(0.75), torch.tensor(1.5), own)
+    for i in (1, 2):
+        u, v = loop_ei_weights(s, i, 0.75, 1.5, alpha=0.7, temperature=temperature, **reading)
+        torch.testing.assert_close(pos_w[:, i], torch.tensor(u, dtype=torch.float64))
+        torch.testing.assert_close(neg_w[..., i], torch.tensor(v, dtype=torch.float64))
+    torch.testing.assert_close(pos_w[:, 0], torch.full((6,), 1 / 6, dtype=torch.float64))  # no smaller neighbour
+    torch.testing.assert_close(neg_w[..., 0], own[..., 0])
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: f"{r['positives']}+{r['negatives']}")
+def test_ei_gradients_flow_only_into_the_weighted_sub_model(reading):
+    """EI's weights are constants: without ML, sub-model i's gradient is that of its own base loss with
+    the weights as fixed numbers (sub-model i-1 gets none from EI(i)); with ML the fused gradient is the
+    reference path's autograd gradient."""
+    dims = [2, 4, 8]
+    scores = random_scores(B=7, K=5, n=3, seed=4)
+    s = [[[float(scores.detach()[b, k, j]) for k in range(6)] for b in range(7)] for j in range(3)]
+    for ml in (False, True):
+        med = MedConfig(
+            evolutionary=True, mutual_learning=ml, ei_positives=reading["positives"], ei_negatives=reading["negatives"]
+        )
+        fused = MEDObjective(dims, LossConfig(alpha=0.5), med).double()
+        reference = MEDObjective(dims, LossConfig(alpha=0.5), med, fused=False).double()
+        grad = torch.autograd.grad(fused(scores)[0], scores)[0]
+        torch.testing.assert_close(grad, torch.autograd.grad(reference(scores)[0], scores)[0], rtol=1e-9, atol=1e-15)
+        if ml:
+            continue
+        for i in range(3):
+            part = scores.detach()[..., i].clone().requires_grad_()
+            if i == 0:  # uniform positives, its own self-adversarial negatives
+                u = torch.full((7,), 1 / 7, dtype=torch.float64)
+                v = torch.softmax(0.5 * part[:, 1:].detach(), dim=1)
+            else:
+                u, v = loop_ei_weights(s, i, 1.0, 1.0, alpha=0.5, **reading)
+                u, v = torch.tensor(u, dtype=torch.float64), torch.tensor(v, dtype=torch.float64)
+            hard = -(u * F.logsigmoid(part[:, 0])).sum() - (v * F.logsigmoid(-part[:, 1:])).sum(1).mean()
+            expected = torch.autograd.grad(math.exp(dims[i] / dims[-1]) * hard, part)[0]
+            torch.testing.assert_close(grad[..., i], expected, rtol=1e-9, atol=1e-15)
+
+
+def test_ei_positive_readings_keep_the_batch_where_the_paper_collapses():
+    """One positive scored low (q = 0.05): 1/q gives it the whole batch's weight, -log q (weights ~ 1/q)
+    about 17x the others', 1 - q (bounded) at most e times; a temperature spreads -log q's weights."""
+    s_prev = torch.tensor([[-3.0]] + [[2.0]] * 63)
+
+    def ess(reading: str, temperature: float = 1.0) -> float:
+        return float(evolutionary_positive_weights(s_prev, torch.tensor(1.0), temperature, reading)[1]) / 64
+
+    assert ess("paper-literal") < 1.01 / 64  # one triple
+    assert ess("uniform") == pytest.approx(1.0)
+    assert 0.2 < ess("power") < 0.3 < ess("power", 4.0)
+    assert ess("error") > 0.95
+    u, _ = evolutionary_positive_weights(torch.linspace(-50, 50, 64).unsqueeze(1), torch.tensor(2.0), 1.0, "error")
+    assert float(u.max() / u.min()) <= math.exp(2.0) + 1e-9
+
+
 def test_objectives_outside_the_fused_case_use_the_reference_path():
     assert not MEDObjective([2, 4], LossConfig(kind="margin"), MedConfig()).fusable
-    assert not MEDObjective([2, 4], LossConfig(), MedConfig(evolutionary=True)).fusable
+    assert MEDObjective([2, 4], LossConfig(), MedConfig(evolutionary=True)).fusable
     assert not MEDObjective([2, 4], LossConfig(), MedConfig(weights="learn")).fusable

@@ -88,7 +88,16 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "medkge", *args]
 
 
-def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--set", "train.optimizer=sparse_adam"],
+        ["--set", "train.optimizer=row_adagrad", "--set", "train.shared_negatives=16"],
+    ],
+    ids=["adam", "sparse_adam", "row_adagrad-shared"],
+)
+def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path, extra):
     options = [
         "--dataset",
         "kinships",
@@ -104,7 +113,10 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path):
         "2",
         "--set",
         "train.checkpoint_every=1",
+        "--set",
+        "train.threads=1",
         "--quiet",
+        *extra,
     ]
     reference = tmp_path / "reference"
     subprocess.run(cli("train", *options, "--out", str(reference)), check=True, capture_output=True)
@@ -162,7 +174,7 @@ def test_bernoulli_sampling_and_filtering():
 
 
 def test_the_trainers_adam_is_fused_on_the_cpu_and_matches_the_unfused_update():
-    from medkge.training import adam
+    from medkge.optim import adam
 
     g = torch.Generator().manual_seed(0)
     start = torch.randn(50, 8, generator=g)

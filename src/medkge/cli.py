@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ EXIT_USER_ERROR = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
@@ -32,6 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; continue with `medkge train --resume {args.out}`" if getattr(args, "out", None) else ""
         print(f"medkge: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """medkge's own warnings as one line, ``medkge: warning: ...``; others as Python prints them."""
+    from .errors import MedkgeWarning
+
+    if issubclass(category, MedkgeWarning):
+        print(f"medkge: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, key in _flag_aliases().items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="X", help=f"sets {key}")
     p.add_argument(
+        "--drop-unseen",
+        action="store_true",
+        default=None,
+        help="drop valid/test triples whose entities or relation do not occur in train (sets drop_unseen)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -68,6 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "valid"))
     p.add_argument("--dims", help="dims to evaluate, e.g. 10,40,640 (any d up to the largest for MED)")
     p.add_argument("--ties", choices=("realistic", "optimistic", "pessimistic"))
+    p.add_argument(
+        "--protocol",
+        choices=("full", "sampled"),
+        help="full: rank among all entities; sampled: among --sampled-candidates corrupted entities per query and "
+        "side, filtered (default: the run's eval.protocol)",
+    )
+    p.add_argument("--sampled-candidates", type=int, metavar="N", help="sampled protocol: candidates per side")
+    p.add_argument("--sampled-seed", type=int, metavar="S", help="sampled protocol: seed of the candidate sets")
+    p.add_argument(
+        "--candidates",
+        metavar="FILE|tails:R",
+        help="rank tails only, among these entities: a file of labels (one a line), or tails:R (the tails of "
+        "relation R; R's triples are ranked); implies --recommend",
+    )
+    p.add_argument("--relation", metavar="R[,R...]", help="with --candidates: rank the triples of these relations")
+    p.add_argument(
+        "--recommend",
+        action="store_true",
+        help="also ndcg@k and recall@k per (head, relation) query, all its tails in the split relevant",
+    )
+    p.add_argument("--ks", metavar="K,K,...", help="the k of ndcg@k and recall@k (default 5,10,20)")
+    p.add_argument(
+        "--recall-norm",
+        choices=("relevant", "min"),
+        help="recall@k = hits / relevant answers (default), or hits / min(k, relevant answers)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,6 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", action="store_true", help="H, T and R are ids, not labels")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser(
+        "serve", help="serve a model over HTTP, any dim per request", description=SERVE_HELP, formatter_class=raw
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder or cropped model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed at start)")
+    p.add_argument("--dims", help="the dims served, e.g. 10,40,160,640 (default: every dim up to the widest)")
+    p.add_argument("--dataset", metavar="NAME_OR_DIR", help="known triples for exclude_known (cropped models)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--workers", type=int, help="scoring threads (default: one per CPU core)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--max-k", type=int, default=1000, help="the largest k a request may ask for")
+    p.add_argument("--max-batch", type=int, default=1000, help="queries (or triples) per POST request at most")
+    p.add_argument("--max-pending", type=int, default=10_000, help="queries waiting at most; beyond: 503")
+    p.add_argument("--no-batching", action="store_true", help="score every GET /predict query on its own")
+    p.add_argument(
+        "--crop-cache", type=float, default=256, metavar="MIB", help="memory for copies of small dims (default 256)"
+    )
+    p.add_argument("--tune-malloc", action="store_true", help="keep freed memory for reuse (see train.tune_malloc)")
+    p.add_argument("--max-requests", type=int, metavar="N", help="stop after N requests")
+    p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("export", help="export a model as npy, tsv (embedding projector) or onnx")
     p.add_argument("model", metavar="MODEL", help="run folder or cropped model folder")
@@ -154,6 +223,11 @@ PREDICT_HELP = """Rank the answers of a query with a run or a cropped model. Exa
   medkge predict runs/kin --head person84 --relation term21 --dim 20 --top-k 5
   medkge predict models/kin-20 --tail person85 --relation term21 --exclude-known --json"""
 
+SERVE_HELP = """Serve a run or a cropped model over HTTP (needs pip install 'medkge[serve]'): each request
+chooses its dim, scored from one copy of the tables. API docs at /docs. Examples:
+  medkge serve runs/kin --port 8000
+  curl 'http://127.0.0.1:8000/predict?head=person84&relation=term21&k=5&dim=20'"""
+
 
 def _flag_aliases() -> dict[str, str]:
     from .config import ALIASES
@@ -180,16 +254,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import launched
     from .methods import resume, train
 
     progress = not args.quiet
+    distributed = launched()  # under torchrun: every rank runs this command
+    rank = int(os.environ.get("RANK", 0)) if distributed else 0
+    cfg = None
     if args.resume:
-        if args.config or args.overrides or any(v is not None for k, v in vars(args).items() if k.startswith("opt_")):
+        given = any(v is not None for k, v in vars(args).items() if k.startswith("opt_"))
+        if args.config or args.overrides or given or args.drop_unseen:
             raise MedkgeError("--resume continues a run with its own saved config; give no other options")
         args.out = args.resume
-        run = resume(args.resume, progress=progress)
     else:
         options: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+        if args.drop_unseen:
+            options["drop_unseen"] = True
         for item in args.overrides:
             key, sep, value = item.partition("=")
             if not sep:
@@ -200,16 +280,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .methods import default_run_name, make_config
 
         cfg = make_config(args.config, **options)
+        if distributed and not args.out:
+            raise MedkgeError("under torchrun give --out RUN: every rank must name the same run folder")
         args.out = args.out or str(Path("runs") / default_run_name(cfg))
-        print(f"training {cfg.method} {cfg.model.name} on {cfg.dataset} -> {args.out}", file=sys.stderr)
-        run = train(cfg, out=args.out, progress=progress)
-    results = run.results() or {}
-    print(f"run folder: {run.path}")
+        if rank == 0:
+            print(f"training {cfg.method} {cfg.model.name} on {cfg.dataset} -> {args.out}", file=sys.stderr)
+    if distributed:
+        from .distributed import train_distributed
+
+        train_distributed(cfg, Path(args.out), progress, resume=bool(args.resume))
+        path = Path(args.out)
+    else:
+        run = resume(args.resume, progress=progress) if args.resume else train(cfg, out=args.out, progress=progress)
+        path = run.path
+    if rank:
+        return 0
+    from .evaluation import Metrics
+    from .files import read_json
+
+    results = read_json(path / "results.json") if (path / "results.json").is_file() else {}
+    print(f"run folder: {path}")
     if "test" in results:
-        print(
-            f"test metrics (filtered, {results['test']['ties']} ranks), training took {results['train_seconds']:.1f} s:"
-        )
-        print(run.metrics("test").table())
+        test = Metrics.from_dict(results["test"])
+        print(f"test metrics ({test.describe()}), training took {results['train_seconds']:.1f} s:")
+        print(test.table())
     return 0
 
 
@@ -218,13 +312,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = Run.open(args.run, device=args.device)
     dims = _parse_dims(args.dims) if args.dims else None
-    metrics = run.evaluate(args.split, dims, ties=args.ties, progress=not args.quiet)
+    if args.candidates or args.recommend or args.ks or args.recall_norm or args.relation:
+        return _evaluate_recommendation(args, run, dims)
+    if args.sampled_candidates is not None and args.sampled_candidates < 1:
+        raise MedkgeError(f"--sampled-candidates must be a positive number, got {args.sampled_candidates}")
+    protocol = {
+        "protocol": args.protocol,
+        "sampled_candidates": args.sampled_candidates,
+        "sampled_seed": args.sampled_seed,
+    }
+    metrics = run.evaluate(args.split, dims, ties=args.ties, progress=not args.quiet, **protocol)
     if args.json:
         print(metrics.to_json())
     else:
-        print(f"{args.split} metrics (filtered, {metrics.ties} ranks) of {run.path}:")
+        print(f"{args.split} metrics ({metrics.describe()}) of {run.path}:")
         print(metrics.table())
     return 0
+
+
+def _evaluate_recommendation(args: argparse.Namespace, run: Any, dims: list[int] | None) -> int:
+    from .evaluation import METRICS
+    from .recommend import DEFAULT_KS, Candidates, evaluate_recommendation
+
+    if args.relation and not args.candidates:
+        raise MedkgeError("--relation needs --candidates (the entities its tails are ranked among)")
+    if getattr(args, "protocol", None) == "sampled":
+        raise MedkgeError("--candidates and the recommendation metrics rank all candidates: not --protocol sampled")
+    dataset = run.dataset()
+    relations = [x.strip() for x in args.relation.split(",")] if args.relation else None
+    candidates = Candidates.parse(args.candidates, dataset, relations) if args.candidates else None
+    ks = DEFAULT_KS if not args.ks else [_positive_int(x, "--ks") for x in args.ks.split(",")]
+    recall = args.recall_norm or "relevant"
+    options = {"candidates": candidates, "dims": dims, "ks": ks, "recall": recall, "ties": args.ties}
+    metrics = evaluate_recommendation(run, dataset, args.split, **options, progress=not args.quiet)
+    first = metrics[metrics.dims[0]]
+    if args.json:
+        ranked = {"entities": len(candidates.entities), "source": candidates.source} if candidates else None
+        if candidates is not None and candidates.relations is not None:
+            ranked = (ranked or {}) | {"relations": [dataset.relations[r] for r in candidates.relations]}
+        print(json.dumps(metrics.to_dict() | {"candidates": ranked, "recall": recall}, indent=2))
+        return 0
+    norm = "hits / relevant" if recall == "relevant" else "hits / min(k, relevant)"
+    print(f"{args.split} metrics ({metrics.describe()}) of {run.path}:")
+    if candidates is not None:
+        ranked = f"tails ranked among {candidates.describe(dataset)}: {first['queries']:,} triples"
+    else:
+        ranked = f"ranked among all {dataset.num_entities:,} entities (MRR, MR, Hits: both directions)"
+    print(f"{ranked}; ndcg@k and recall@k over {first['lists']:,} (head, relation, ?) lists, recall@k = {norm}")
+    keys = [k for k in first if k.startswith(("ndcg@", "recall@"))]
+    print(metrics.table([*METRICS, *keys]))
+    return 0
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise MedkgeError(f"{option}: expected positive integers, got {text!r}")
+    return int(text)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -247,6 +390,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         info |= {
             k: results[k] for k in ("device", "train_seconds", "epochs", "best_epoch", "stopped_early") if k in results
         }
+        if "train_seconds" in info:
+            info["train_seconds"] = round(info["train_seconds"], 1)
         if "test" in results:
             test = results["test"]["dims"]
             info["test_mrr"] = {d: round(v["mrr"], 4) for d, v in test.items()}
@@ -309,7 +454,7 @@ def _trained_note(source: Any, dim: int, info: dict[str, Any], path: str) -> str
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .deploy import load
+    from .deploy import load, prediction_json
 
     if (args.head is None) == (args.tail is None):
         raise MedkgeError("give --head H to predict tails, or --tail T to predict heads (one of them)")
@@ -330,20 +475,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table = model.predict_heads(relation, value(args.tail, "--tail"), **options)
     dim = table.meta["dim"]
     if args.json:
-        query = dict(zip(("head", "relation", "tail"), table.meta["query"], strict=True))
-        data = {
-            "query": query,
-            "dim": dim,
-            "trained_sub_model": model.is_trained(dim),
-            "exclude_known": args.exclude_known,
-            "results": table.to_records(),
-        }
-        print(json.dumps(data, indent=2))
+        print(json.dumps(prediction_json(model, table), indent=2))
         return 0
     side = "tails" if args.head is not None else "heads"
     known = ", known triples excluded" if args.exclude_known else ""
     print(f"{side} of ({', '.join(table.meta['query'])}) by the {dim}-d {model.model_name} model{known}:")
     print(table.to_text())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, serve
+
+    for name in ("max_k", "max_batch", "max_pending", "max_requests"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MedkgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    limits = Limits(max_k=args.max_k, max_batch=args.max_batch, max_pending=args.max_pending)
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        dims=_parse_dims(args.dims) if args.dims else None,
+        dataset=args.dataset,
+        device=args.device,
+        workers=args.workers,
+        threads=args.threads,
+        limits=limits,
+        batching=not args.no_batching,
+        cache_mib=args.crop_cache,
+        tune_malloc=args.tune_malloc,
+        max_requests=args.max_requests,
+        max_seconds=args.max_seconds,
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -390,10 +554,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_dims(text: str) -> list[int]:
+def _parse_dims(text: str, flag: str = "--dims") -> list[int]:
     from .config import _coerce_dims
+    from .scoring import check_dims
 
-    return _coerce_dims(text)
+    try:
+        return list(check_dims(_coerce_dims(text)))
+    except MedkgeError as error:
+        reason = str(error).removeprefix("config: model.dims: ").removeprefix("config: model.dims ")
+        raise MedkgeError(f"{flag}: {reason}") from None
 
 
 def _short_dims(dims: Any) -> str:

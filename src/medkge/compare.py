@@ -2,14 +2,19 @@
 
 ``medkge compare RUN1 RUN2 ... --out DIR`` reads each run's ``results.json`` and ``config.yaml`` (no model
 is loaded): MRR and Hits@10 per dim per method, the training time each run recorded and its ratio to
-MED's, and a PNG with MRR (and Hits@10) against dimension on a log-scale x axis.
+MED's, and a PNG with MRR (and Hits@10) against dimension on a log-scale x axis. Runs whose configs differ
+only in the seed (or in settings that do not change what is trained: threads, device, checkpoints, the
+teacher's folder) are one method trained with several seeds: the table gives their mean and sample
+standard deviation, the CSV both in columns, the plot the mean with error bars.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import json
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, MedConfig
@@ -35,21 +40,91 @@ class RunSummary:
     ties: str
     dataset: str
     fingerprint: str
+    seed: int = 0
+    key: str = ""  # the config without the seed: runs with the same key are seeds of one method
+
+
+# settings that do not change what a run trains: runs differing only in these (and the seed) are grouped
+_NOT_THE_METHOD = {
+    "train": ("seed", "threads", "device", "checkpoint_every", "tune_malloc"),
+    "eval": ("memory_budget",),
+    "distill": ("teacher",),  # each seed distils its own seed's teacher
+}
+
+
+def method_key(cfg: Config) -> str:
+    """The config as JSON without the seed and the settings that do not change what is trained."""
+    data = cfg.to_dict()
+    for section, keys in _NOT_THE_METHOD.items():
+        for key in keys:
+            data[section].pop(key, None)
+    return json.dumps(data, sort_keys=True)
 
 
 def method_label(cfg: Config) -> str:
-    """A label from the config: the method, and for MED the parts switched from their default and the
-    number of sub-models when it is not the default 64."""
+    """A label from the config: the method, and for MED the parts switched from their default (with EI's
+    reading and weights where they differ from the defaults) and the number of sub-models when it is not
+    the default 64. ML, EI and DLW all off reads "base loss only"."""
     label = METHOD_NAMES.get(cfg.method, cfg.method)
     if cfg.method != "med":
         return label
-    defaults, changes = MedConfig(), []
-    for key, name in (("mutual_learning", "ML"), ("evolutionary", "EI"), ("dynamic_weights", "DLW")):
-        if getattr(cfg.med, key) != getattr(defaults, key):
-            changes.append(f"with {name}" if getattr(cfg.med, key) else f"no {name}")
+    med, defaults, changes = cfg.med, MedConfig(), []
+    ei = "EI"
+    if med.evolutionary:  # EI's reading and weights, where they are not the defaults
+        readings = [getattr(med, k) for k in ("ei_positives", "ei_negatives")]
+        if readings != [defaults.ei_positives, defaults.ei_negatives]:
+            ei += " " + "/".join(readings)
+        for key, name in (("w1", "w1"), ("w2", "w2"), ("pos_temperature", "T")):
+            if getattr(med, key) != getattr(defaults, key):
+                ei += f", {name} {getattr(med, key):g}"
+    if not (med.mutual_learning or med.evolutionary or med.dynamic_weights):
+        changes.append("base loss only")
+    else:
+        for key, name in (("mutual_learning", "ML"), ("evolutionary", ei), ("dynamic_weights", "DLW")):
+            if getattr(med, key) != getattr(defaults, key):
+                changes.append(f"with {name}" if getattr(med, key) else f"no {name}")
+        if med.evolutionary and defaults.evolutionary and ei != "EI":
+            changes.append(ei)
     if cfg.model.dims != list(DEFAULT_DIMS):
         changes.append(f"{len(cfg.model.dims)} sub-models")
     return f"{label} ({', '.join(changes)})" if changes else label
+
+
+@dataclass
+class MethodSummary:
+    """One method: the runs of its seeds, with the mean and sample standard deviation of each metric."""
+
+    label: str
+    runs: list[RunSummary] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return self.runs[0].method
+
+    @property
+    def dims(self) -> list[int]:
+        """The dims every seed has."""
+        return sorted(set.intersection(*(set(r.dims) for r in self.runs)))
+
+    @property
+    def train_seconds(self) -> float:
+        return statistics.fmean(r.train_seconds for r in self.runs)
+
+    @property
+    def device(self) -> str:
+        return ", ".join(dict.fromkeys(r.device for r in self.runs))
+
+    def values(self, dim: int, key: str) -> list[float]:
+        return [r.metrics[dim][key] for r in self.runs if key in r.metrics.get(dim, {})]
+
+    def mean(self, dim: int, key: str) -> float | None:
+        values = self.values(dim, key)
+        return statistics.fmean(values) if len(values) == len(self.runs) else None
+
+    def std(self, dim: int, key: str) -> float | None:
+        """Sample standard deviation over the seeds (None for one seed)."""
+        values = self.values(dim, key)
+        return statistics.stdev(values) if len(values) == len(self.runs) > 1 else None
 
 
 def load_summary(path: str | Path, split: str = "test") -> RunSummary:
@@ -76,6 +151,8 @@ def load_summary(path: str | Path, split: str = "test") -> RunSummary:
         str(results[split].get("ties", "realistic")),
         str(results.get("dataset", cfg.dataset)),
         str(results.get("dataset_fingerprint", "")),
+        cfg.train.seed,
+        method_key(cfg),
     )
 
 
@@ -89,10 +166,29 @@ def compare(
 ) -> str:
     """Write ``comparison.md``, ``comparison.csv`` and ``comparison.png`` into ``out``; return the markdown.
 
-    Rows are ``dims`` (default: the dims every run has, or all if they share none); times are each run's
-    recorded training time, summed over its models (and teacher), with the ratio to the first MED run
-    (or the first run when there is no MED run).
+    Runs of one method with several seeds (configs equal but for the seed; with ``labels``, runs given the
+    same label) are reported as one: mean and sample standard deviation over the seeds. Rows are ``dims``
+    (default: the dims every run has, or all if they share none); times are each run's recorded training
+    time, summed over its models (and teacher), averaged over seeds, with the ratio to the first MED
+    method (or the first method when there is no MED run).
     """
+    methods = summarize(paths, split, labels)
+    if dims is None:
+        shared = set.intersection(*(set(m.dims) for m in methods))
+        dims = sorted(shared) if shared else sorted(set().union(*(m.dims for m in methods)))
+    reference = next((m for m in methods if m.method == "med"), methods[0])
+    markdown = _markdown(methods, dims, reference, split)
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "comparison.md", markdown)
+        atomic_write(folder / "comparison.csv", _csv(methods, dims, reference))
+        plot(methods, folder / "comparison.png", split)
+    return markdown
+
+
+def summarize(paths: list[str | Path], split: str = "test", labels: list[str] | None = None) -> list[MethodSummary]:
+    """The runs, read and grouped into methods (seeds of one method together) as :func:`compare` reports them."""
     if not paths:
         raise MedkgeError("compare: give at least one run folder")
     runs = [load_summary(p, split) for p in paths]
@@ -103,71 +199,88 @@ def compare(
         if len(labels) != len(runs):
             raise MedkgeError(f"compare: {len(labels)} labels for {len(runs)} runs")
         for run, label in zip(runs, labels, strict=True):
-            run.label = label
-    _unique_labels(runs)
-    if dims is None:
-        shared = set.intersection(*(set(r.dims) for r in runs))
-        dims = sorted(shared) if shared else sorted(set().union(*(r.dims for r in runs)))
-    reference = next((r for r in runs if r.method == "med"), runs[0])
-    markdown = _markdown(runs, dims, reference, split)
-    if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "comparison.md", markdown)
-        atomic_write(folder / "comparison.csv", _csv(runs, dims, reference))
-        plot(runs, folder / "comparison.png", split)
-    return markdown
+            run.label, run.key = label, label
+    return _group(runs)
 
 
-def _unique_labels(runs: list[RunSummary]) -> None:
+def _group(runs: list[RunSummary]) -> list[MethodSummary]:
+    """Runs with the same key, in the order their first run was given; labels made unique."""
+    groups: dict[str, MethodSummary] = {}
+    for run in runs:
+        groups.setdefault(run.key, MethodSummary(run.label)).runs.append(run)
+    methods = list(groups.values())
     seen: dict[str, int] = {}
-    for run in runs:
-        seen[run.label] = seen.get(run.label, 0) + 1
-    for run in runs:
-        if seen[run.label] > 1:
-            run.label = f"{run.label} [{run.path.name}]"
+    for m in methods:
+        seen[m.label] = seen.get(m.label, 0) + 1
+    for m in methods:
+        if seen[m.label] > 1:
+            m.label = f"{m.label} [{m.runs[0].path.name}]"
+        if len(m.runs) > 1:
+            m.label = f"{m.label}, {len(m.runs)} seeds"
+    return methods
 
 
-def _value(run: RunSummary, dim: int, key: str) -> float | None:
-    return run.metrics.get(dim, {}).get(key)
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
-
-
-def _markdown(runs: list[RunSummary], dims: list[int], reference: RunSummary, split: str) -> str:
-    ties = ", ".join(sorted({r.ties for r in runs}))
-    lines = [f"Filtered {split} MRR / Hits@10 per dimension on {runs[0].dataset} ({ties} ties)", ""]
-    lines.append("| dim | " + " | ".join(r.label for r in runs) + " |")
-    lines.append("|---:|" + "---:|" * len(runs))
+def _markdown(methods: list[MethodSummary], dims: list[int], reference: MethodSummary, split: str) -> str:
+    ties = ", ".join(sorted({r.ties for m in methods for r in m.runs}))
+    dataset = methods[0].runs[0].dataset
+    several = any(len(m.runs) > 1 for m in methods)
+    lines = [f"Filtered {split} MRR / Hits@10 per dimension on {dataset} ({ties} ties)"]
+    if several:
+        lines[0] += "; mean ± sample standard deviation over the seeds"
+    lines += ["", "| dim | " + " | ".join(m.label for m in methods) + " |", "|---:|" + "---:|" * len(methods)]
     for d in dims:
-        cells = [
-            f"{_fmt(_value(r, d, 'mrr'))} / {_fmt(_value(r, d, 'hits@10'))}" if d in r.metrics else "–" for r in runs
-        ]
+        cells = []
+        for m in methods:
+            if d not in m.dims:
+                cells.append("–")
+                continue
+            mrr = _fmt(m.mean(d, "mrr"), m.std(d, "mrr"))
+            cells.append(f"{mrr} / {_fmt(m.mean(d, 'hits@10'), m.std(d, 'hits@10'))}")
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| method | models | training time | vs " + reference.label + " | device |",
-        "|---|---:|---:|---:|---|",
+        "| method | models | seeds | training time | vs " + reference.label + " | device |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    for r in runs:
-        ratio = r.train_seconds / reference.train_seconds if reference.train_seconds > 0 else float("nan")
-        lines.append(f"| {r.label} | {len(r.dims)} dims | {_duration(r.train_seconds)} | {ratio:.2f}x | {r.device} |")
+    for m in methods:
+        ratio = m.train_seconds / reference.train_seconds if reference.train_seconds > 0 else float("nan")
+        seeds = ", ".join(str(r.seed) for r in m.runs)
+        time = _duration(m.train_seconds) + (" (mean)" if len(m.runs) > 1 else "")
+        lines.append(f"| {m.label} | {len(m.dims)} dims | {seeds} | {time} | {ratio:.2f}x | {m.device} |")
     return "\n".join(lines) + "\n"
 
 
-def _csv(runs: list[RunSummary], dims: list[int], reference: RunSummary) -> str:
+def _csv(methods: list[MethodSummary], dims: list[int], reference: MethodSummary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "run", "dim", "mrr", "hits@10", "train_seconds", "time_vs_reference"])
-    for r in runs:
-        ratio = r.train_seconds / reference.train_seconds if reference.train_seconds > 0 else ""
+    writer.writerow(
+        [
+            "method",
+            "run",
+            "dim",
+            "mrr",
+            "hits@10",
+            "train_seconds",
+            "time_vs_reference",
+            "seeds",
+            "mrr_std",
+            "hits@10_std",
+        ]
+    )
+    for m in methods:
+        ratio = m.train_seconds / reference.train_seconds if reference.train_seconds > 0 else ""
+        runs = ";".join(str(r.path) for r in m.runs)
         for d in dims:
-            if d in r.metrics:
-                writer.writerow(
-                    [r.label, str(r.path), d, r.metrics[d]["mrr"], r.metrics[d]["hits@10"], r.train_seconds, ratio]
-                )
+            if d in m.dims:
+                std = [m.std(d, "mrr"), m.std(d, "hits@10")]
+                row = [m.label, runs, d, m.mean(d, "mrr"), m.mean(d, "hits@10"), m.train_seconds, ratio, len(m.runs)]
+                writer.writerow(row + ["" if x is None else x for x in std])
     return buffer.getvalue()
 
 
@@ -179,8 +292,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plot(runs: list[RunSummary], path: Path, split: str = "test") -> None:
-    """MRR (left) and Hits@10 (right) against dimension, log-scale x axis, one line per run."""
+def plot(methods: list[MethodSummary], path: Path, split: str = "test") -> None:
+    """MRR (left) and Hits@10 (right) against dimension, log-scale x axis, one line per method: the mean over
+    its seeds, with error bars (a band for many dims) of one standard deviation."""
     try:
         import matplotlib
 
@@ -189,13 +303,25 @@ def plot(runs: list[RunSummary], path: Path, split: str = "test") -> None:
     except ImportError:
         raise MedkgeError("compare: the plot needs matplotlib (pip install 'medkge[plot]')") from None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    # label the dims of the runs with few dims (DT's); MED's 64 sub-models would crowd the axis
-    few = [set(r.dims) for r in runs if len(r.dims) <= 12]
-    ticks = sorted(set().union(*few)) if few else sorted({r.dims[0] for r in runs} | {r.dims[-1] for r in runs})
+    # label the dims of the methods with few dims (DT's); MED's 64 sub-models would crowd the axis
+    few = [set(m.dims) for m in methods if len(m.dims) <= 12]
+    ticks = sorted(set().union(*few)) if few else sorted({m.dims[0] for m in methods} | {m.dims[-1] for m in methods})
     for ax, key, title in zip(axes, ("mrr", "hits@10"), ("MRR", "Hits@10"), strict=True):
-        for r in runs:
-            xs = [d for d in r.dims if key in r.metrics[d]]
-            ax.plot(xs, [r.metrics[d][key] for d in xs], marker="o" if len(xs) <= 16 else None, ms=4, label=r.label)
+        for m in methods:
+            xs = [d for d in m.dims if m.mean(d, key) is not None]
+            ys = [m.mean(d, key) for d in xs]
+            marker = "o" if len(xs) <= 16 else None
+            if len(m.runs) == 1:
+                ax.plot(xs, ys, marker=marker, ms=4, label=m.label)
+                continue
+            errors = [m.std(d, key) for d in xs]
+            if len(xs) <= 16:
+                ax.errorbar(xs, ys, yerr=errors, marker=marker, ms=4, capsize=3, label=m.label)
+            else:
+                (line,) = ax.plot(xs, ys, label=m.label)
+                low = [y - e for y, e in zip(ys, errors, strict=True)]
+                high = [y + e for y, e in zip(ys, errors, strict=True)]
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
         ax.set_xscale("log")
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()

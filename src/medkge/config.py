@@ -19,7 +19,7 @@ import yaml
 
 from .errors import MedkgeError, closest
 from .model import DEFAULT_DIMS
-from .scoring import MODELS, check_dims
+from .scoring import MODELS, check_dims, get_interaction
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -40,7 +40,9 @@ class ModelConfig:
     )
     p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
-    init_scale: float | None = _opt(None, "entries start uniform in +-init_scale (default (gamma+2)/D, 0.1 bilinear)")
+    init_scale: float | None = _opt(
+        None, "entries start uniform in +-init_scale (default (gamma+2)/D, 0.1 bilinear)", gt=0.0
+    )
 
 
 @dataclass
@@ -64,11 +66,21 @@ class MedConfig:
     )
     dynamic_weights: bool = _opt(True, "weight sub-model i's hard loss by exp(w3 * d_i / d_n) (DLW)")
     weights: Literal["fixed", "learn"] = _opt("fixed", "keep w1, w2, w3 at their values or learn them with Adam")
-    w1: float = _opt(1.0, "EI positive-weight scale: softmax over the batch of w1 / q")
-    w2: float = _opt(1.0, "EI negative-weight scale: softmax over a row of w2 * q")
+    w1: float = _opt(1.0, "EI positive-weight scale: softmax over the batch of w1 * f(q) (ei_positives)")
+    w2: float = _opt(1.0, "EI negative-weight temperature: softmax over a row of w2 * sigmoid(s) or w2 * s")
     w3: float = _opt(1.0, "DLW exponent scale")
     pos_temperature: float = _opt(
-        1.0, "divides the EI positive logits w1 / q before the softmax (1 = the paper)", min=1e-6
+        1.0, "divides the EI positive logits w1 * f(q) before the softmax (1 = the paper)", min=1e-6
+    )
+    ei_positives: Literal["paper-literal", "power", "error", "uniform"] = _opt(
+        "paper-literal",
+        "EI positive weights, a softmax over the batch of w1 * f(q) / pos_temperature, q = sigmoid of sub-model "
+        "i-1's score: f = 1/q (paper-literal), -log q (power: weights ~ q^(-w1/T)), 1 - q (error: bounded), or uniform",
+    )
+    ei_negatives: Literal["paper-literal", "raw", "own"] = _opt(
+        "paper-literal",
+        "EI negative weights: softmax_k(w2 * sigmoid(s)) of sub-model i-1 (paper-literal), softmax_k(w2 * s) of "
+        "sub-model i-1 (raw: RotatE's self-adversarial weights from the smaller neighbour), or each sub-model's own",
     )
 
 
@@ -95,12 +107,30 @@ class TrainConfig:
         "uniform", "corrupt head or tail with probability 1/2, or by relation (Bernoulli, Wang et al. 2014)"
     )
     filter_negatives: bool = _opt(False, "resample negatives that are known training triples")
-    lr: float = _opt(1e-3, "Adam learning rate", min=0.0)
+    shared_negatives: int = _opt(
+        0,
+        "positives per chunk that share one set of train.negatives sampled entities (PyTorch-BigGraph's and "
+        "DGL-KE's batched negatives: far fewer rows per step; changes results); 0: each positive its own",
+        min=0,
+    )
+    optimizer: Literal["auto", "adam", "sparse_adam", "row_adagrad"] = _opt(
+        "auto",
+        "entity table optimiser: adam (dense, fused), sparse_adam (Adam on the rows a step touches), row_adagrad "
+        "(one accumulator per row, PyTorch-BigGraph's); auto: adam on small graphs, sparse_adam on large ones, "
+        "row_adagrad where Adam's state does not fit (benchmarks/scale.py)",
+    )
+    memory_budget: int | None = _opt(
+        None, "bytes training may use (default: the memory available at start); larger runs are refused", min=1
+    )
+    lr: float = _opt(1e-3, "learning rate", gt=0.0)
     lr_schedule: Literal["linear", "constant"] = _opt("linear", "decay the learning rate linearly to 0 over the run")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")
     checkpoint_every: int = _opt(1, "epochs between checkpoints (0: only at the end)", min=0)
     tune_malloc: bool = _opt(True, "tell glibc to keep freed memory for reuse (much faster steps on CPU)")
+    flush_denormals: bool = _opt(
+        True, "flush subnormal floats to zero on the CPU (saturated scores made steps up to 5x slower without it)"
+    )
     fused_kernels: bool = _opt(
         True,
         "fused training kernels (MED's closed-form gradient, lean scoring backward, fused Adam); false: the plain "
@@ -115,6 +145,13 @@ class EvalConfig:
     metric: str = _opt("mean_mrr", "early-stopping metric: mean_mrr (over sub-models) or e.g. mrr@640, hits@10@40")
     patience: int = _opt(5, "validations without improvement before stopping (0: never stop early)", min=0)
     ties: Literal["realistic", "optimistic", "pessimistic"] = _opt("realistic", "rank of the true entity among ties")
+    protocol: Literal["full", "sampled"] = _opt(
+        "full",
+        "full: rank the true entity among all entities; sampled: among eval.sampled_candidates corrupted entities "
+        "per query and side, drawn once (ogbl-wikikg2's protocol, for graphs too large to rank fully); both filtered",
+    )
+    sampled_candidates: int = _opt(1000, "sampled protocol: corrupted candidates per query and side", min=1)
+    sampled_seed: int = _opt(0, "sampled protocol: seed of the candidate sets (the same sets at every validation)")
     memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)
     test: bool = _opt(True, "evaluate the kept model on the test split at the end")
 
@@ -122,6 +159,11 @@ class EvalConfig:
 @dataclass
 class Config:
     dataset: str = _opt("kinships", "bundled dataset name or a folder of train/valid/test files")
+    drop_unseen: bool = _opt(
+        False,
+        "drop valid/test triples whose entities or relation do not occur in train (default: keep them, ranked "
+        "with untrained embeddings, as the ConvE and RotatE evaluations did)",
+    )
     method: Literal["med", "dt", "bkd", "dualde"] = _opt(
         "med",
         "med: one croppable model (MED); dt: one independent model per dim; bkd, dualde: one student per dim "
@@ -148,7 +190,10 @@ class Config:
         except OSError as error:
             raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
         except yaml.YAMLError as error:
-            raise MedkgeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+            mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise MedkgeError(f"{path}{where}: not valid YAML ({problem})") from None
         if data is not None and not isinstance(data, dict):
             raise MedkgeError(f"{path}: a config file must be a mapping of keys to values")
         return cls.from_dict(data)
@@ -169,10 +214,10 @@ class Config:
             parts = key.split(".")
             for part in parts[:-1]:
                 if not isinstance(node.get(part), dict):
-                    raise MedkgeError(f"config: unknown key {key!r}{closest(key, all_keys())}")
+                    raise MedkgeError(f"config: unknown key {key!r}{_closest_key(key)}")
                 node = node[part]
             if parts[-1] not in node:
-                raise MedkgeError(f"config: unknown key {key!r}{closest(key, all_keys())}")
+                raise MedkgeError(f"config: unknown key {key!r}{_closest_key(key)}")
             node[parts[-1]] = value
         return Config.from_dict(data)
 
@@ -183,6 +228,14 @@ class Config:
         except MedkgeError as error:
             raise MedkgeError(f"config: model.dims: {error}") from None
         parse_metric(self.eval.metric, self.model.dims)
+        if get_interaction(self.model.name, self.model.p).uses_gamma and self.model.gamma <= 0:
+            raise MedkgeError(
+                f"config: model.gamma must be positive for {self.model.name} (its margin), got {self.model.gamma}"
+            )
+        if self.train.shared_negatives and self.train.filter_negatives:
+            raise MedkgeError("config: train.filter_negatives cannot filter shared negatives (train.shared_negatives)")
+        if self.method == "dualde" and self.train.optimizer in ("sparse_adam", "row_adagrad"):
+            raise MedkgeError("config: dualde trains its teacher in stage 2 densely: use train.optimizer adam or auto")
         if self.method == "dualde" and self.loss.kind == "margin":
             raise MedkgeError("config: method dualde mixes logistic hard and soft terms: loss.kind cannot be margin")
 
@@ -225,6 +278,15 @@ def parse_metric(metric: str, dims: list[int]) -> tuple[str, int | None]:
 def all_keys() -> list[str]:
     """Every dotted key of the configuration."""
     return [key for key, _, _ in describe()]
+
+
+def _closest_key(key: str) -> str:
+    """The ", closest: ..." hint for an unknown key: the sections and keys at its level first (a misspelt
+    section ``trian`` suggests ``train``, not ``train.lr``), else any dotted key."""
+    level = key.rpartition(".")[0]
+    level = level + "." if level else ""
+    siblings = sorted({level + k[len(level) :].split(".")[0] for k in all_keys() if k.startswith(level)})
+    return closest(key, siblings) or closest(key, all_keys())
 
 
 def describe() -> list[tuple[str, Any, str]]:
@@ -284,7 +346,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key in data:
         if key not in names:
             full = prefix + str(key)
-            raise MedkgeError(f"config: unknown key {full!r}{closest(full, all_keys())}")
+            raise MedkgeError(f"config: unknown key {full!r}{_closest_key(full)}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -329,6 +391,8 @@ def _coerce(key: str, value: Any, hint: Any, meta: dict) -> Any:
         raise MedkgeError(f"config: {key} must be a string, got {value!r}")
     if "choices" in meta and value not in meta["choices"]:
         raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise MedkgeError(f"config: {key} must be greater than {meta['gt']}, got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise MedkgeError(f"config: {key} must be at least {meta['min']}, got {value!r}")
     if "max" in meta and value > meta["max"]:

@@ -22,7 +22,6 @@ tensors only, so no code from a file ever runs.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,8 @@ import torch
 
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError, closest
-from .files import MODEL_FILE, load_model, read_json, read_vocab, save_model, write_json, write_vocab
+from .evaluation import unique_triples
+from .files import MODEL_FILE, load_model, read_json, read_vocab, save_model, sha256_file, write_json, write_vocab
 from .model import CroppableModel
 from .run import CONFIG_FILE, Run
 from .scoring import check_dims
@@ -353,7 +353,7 @@ class LabelledModel:
     def known_answers(self, side: str, anchor: int, relation: int) -> torch.Tensor:
         """Ids of the entities that complete (anchor, relation) on ``side`` in a known triple."""
         if self._known is None:
-            self._known = torch.unique(self.dataset().known_triples(), dim=0)
+            self._known = unique_triples(self.dataset().known_triples())
         anchor_col, answer_col = (0, 2) if side == "tail" else (2, 0)
         known = self._known
         return known[(known[:, anchor_col] == anchor) & (known[:, 1] == relation), answer_col]
@@ -425,8 +425,21 @@ class LabelledModel:
         write_vocab(folder / "entities.tsv", self.entities)
         write_vocab(folder / "relations.tsv", self.relations)
         # last: its presence marks a complete folder; the checksum catches a model file changed since
-        write_json(folder / INFO_FILE, self.info() | {"sha256": _sha256(folder / MODEL_FILE)})
+        write_json(folder / INFO_FILE, self.info() | {"sha256": sha256_file(folder / MODEL_FILE)})
         return folder
+
+
+def prediction_json(model: LabelledModel, table: Table) -> dict[str, Any]:
+    """The JSON of a prediction ``table`` from ``model.predict_tails`` or ``predict_heads``: what
+    ``medkge predict --json`` prints and the server's ``/predict`` answers."""
+    dim = table.meta["dim"]
+    return {
+        "query": dict(zip(("head", "relation", "tail"), table.meta["query"], strict=True)),
+        "dim": dim,
+        "trained_sub_model": model.is_trained(dim),
+        "exclude_known": table.meta["exclude_known"],
+        "results": table.to_records(),
+    }
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dataset: Dataset | str | Path | None = None):
@@ -468,7 +481,7 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
         raise MedkgeError(f"{folder}: {INFO_FILE} does not describe {MODEL_FILE} (model or dim differ)")
     entities = read_vocab(folder / "entities.tsv")
     relations = read_vocab(folder / "relations.tsv")
-    if "sha256" in info and _sha256(path) != info["sha256"]:
+    if "sha256" in info and sha256_file(path) != info["sha256"]:
         raise MedkgeError(f"{path}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
     valid = {model.dim: info["valid"]} if isinstance(info.get("valid"), dict) else None
@@ -493,14 +506,6 @@ def prepare_folder(out: str | Path, overwrite: bool) -> Path:
 def folder_size(folder: Path) -> int:
     """Bytes of the files in ``folder`` (not recursive)."""
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _resolve(value: Any, labels: list[str], index: dict[str, int], kind: str) -> int:

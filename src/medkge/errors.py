@@ -21,3 +21,7 @@ def closest(word: str, choices: Iterable[str], n: int = 3) -> str:
     if not matches:
         return ""
     return "; closest: " + ", ".join(repr(m) for m in matches)
+
+
+class MedkgeWarning(UserWarning):
+    """Something the user should know that does not stop the work (the command line prints it on one line)."""

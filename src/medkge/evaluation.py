@@ -40,11 +40,19 @@ class Metrics(dict):
     ``ranks[direction]`` holds the ranks ``[triples, n]`` the figures were computed from.
     """
 
-    def __init__(self, by_dim: dict[int, dict[str, float]], split: str, ties: str, ranks: dict | None = None):
+    def __init__(
+        self,
+        by_dim: dict[int, dict[str, float]],
+        split: str,
+        ties: str,
+        ranks: dict | None = None,
+        protocol: str = "full",
+    ):
         super().__init__(by_dim)
         self.split = split
         self.ties = ties
         self.ranks: dict[str, Tensor] = ranks or {}
+        self.protocol = protocol  # "full", or "sampled (N candidates per side, seed S)"
 
     @property
     def dims(self) -> list[int]:
@@ -61,18 +69,25 @@ class Metrics(dict):
         ranks = {}
         for side in parts[0].ranks:
             ranks[side] = torch.cat([m.ranks[side] for m in parts], dim=1)
-        return cls(dict(sorted(by_dim.items())), parts[0].split, parts[0].ties, ranks)
+        return cls(dict(sorted(by_dim.items())), parts[0].split, parts[0].ties, ranks, parts[0].protocol)
 
     def to_dict(self) -> dict:
         return {
             "split": self.split,
             "ties": self.ties,
+            "protocol": self.protocol,
             "dims": {str(d): self[d] for d in self.dims},
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> Metrics:
-        return cls({int(d): v for d, v in data["dims"].items()}, data["split"], data["ties"])
+        dims = {int(d): v for d, v in data["dims"].items()}
+        return cls(dims, data["split"], data["ties"], protocol=data.get("protocol", "full"))
+
+    def describe(self) -> str:
+        """How the figures were made, for a table's title: "filtered, realistic ranks[, sampled ...]"."""
+        protocol = "" if self.protocol == "full" else f", {self.protocol}"
+        return f"filtered, {self.ties} ranks{protocol}"
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -103,6 +118,10 @@ def evaluate(
     filtered: bool = True,
     memory_budget: int | None = None,
     progress: bool = True,
+    candidates: Tensor | None = None,
+    protocol: Literal["full", "sampled"] = "full",
+    sampled_candidates: int = 1000,
+    sampled_seed: int = 0,
 ) -> Metrics:
     """Filtered link prediction on ``split`` for every sub-model (or for ``dims``, any d <= d_n).
 
@@ -111,6 +130,13 @@ def evaluate(
         filtered: skip candidates that form known triples (the standard setting); False gives raw ranks.
         memory_budget: bytes for one block of scores; the default suits the device (small blocks on the
             CPU, where they are fastest). Peak memory is a few blocks plus O(triples * dims).
+        candidates: entity ids to rank the tails among (e.g. the items of a user-item graph) instead of all
+            entities or the dataset's own tail candidates (Countries); only tails are ranked then, and every
+            triple of ``split`` must have a candidate tail (medkge.recommend picks such triples).
+        protocol: "full" ranks against every candidate entity; "sampled" against ``sampled_candidates``
+            entities per query and side, drawn uniformly (from the candidates, where given) with
+            ``sampled_seed``, the same sets at every call (ogbl-wikikg2's protocol, for graphs too large to
+            rank fully); candidates that form known triples are skipped, as in the full protocol.
     """
     if ties not in ("realistic", "optimistic", "pessimistic"):
         raise MedkgeError(f"ties must be realistic, optimistic or pessimistic, got {ties!r}")
@@ -119,24 +145,41 @@ def evaluate(
             f"the model has {model.num_entities} entities and {model.num_relations} relations, "
             f"the dataset {dataset.num_entities} and {dataset.num_relations}"
         )
+    directions = dataset.directions
+    if candidates is not None:
+        candidates, directions = torch.unique(torch.as_tensor(candidates, dtype=torch.long)), ("tail",)
+        if not len(candidates) or candidates[0] < 0 or candidates[-1] >= dataset.num_entities:
+            raise MedkgeError(f"candidates must be a non-empty set of entity ids (0 to {dataset.num_entities - 1})")
+    else:
+        candidates = dataset.tail_candidates
     prefix = model.prefix if dims is None else Prefix(dims)
     scorer = BlockScorer(model, prefix, memory_budget)
     device = model.entity.device
-    triples = dataset.split(split).to(device)
-    known = torch.unique(dataset.known_triples(), dim=0).to(device) if filtered else triples
+    triples = dataset.split(split).long().to(device)
+    known = unique_triples(dataset.known_triples()).to(device) if filtered else triples
     ranks: dict[str, Tensor] = {}
     bar = tqdm(
-        total=len(triples) * len(dataset.directions),
+        total=len(triples) * len(directions),
         desc=f"evaluate {split}",
         unit="query",
         disable=not progress,
         leave=False,
     )
+    if protocol not in ("full", "sampled"):
+        raise MedkgeError(f"protocol must be full or sampled, got {protocol!r}")
     with torch.no_grad(), bar:
-        for side in dataset.directions:
-            candidates = dataset.tail_candidates if side == "tail" else None
-            ranks[side] = _rank(scorer, side, triples, known, candidates, ties, filtered, bar)
-    return _metrics(ranks, prefix.dims, split, ties)
+        for side in directions:
+            ranked = candidates if side == "tail" else None
+            if protocol == "sampled":
+                pool = ranked if ranked is not None else dataset.num_entities
+                draw = SampledCandidates(pool, sampled_candidates, sampled_seed * 2 + ("head", "tail").index(side))
+                ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar)
+            else:
+                ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar)
+    described = (
+        "full" if protocol == "full" else f"sampled ({sampled_candidates} candidates per side, seed {sampled_seed})"
+    )
+    return _metrics(ranks, prefix.dims, split, ties, described)
 
 
 def _rank(
@@ -151,7 +194,7 @@ def _rank(
 ) -> Tensor:
     """Ranks ``[N, n]`` of the true ``side`` entity of each triple, for every sub-model."""
     device = triples.device
-    num_entities = scorer.entity.shape[0]
+    num_entities = scorer.num_entities
     anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
     # position of each entity among the candidates (-1: not a candidate)
     if candidates is None:
@@ -165,7 +208,7 @@ def _rank(
         if (position[triples[:, true_col]] < 0).any():
             raise MedkgeError(f"an evaluation triple's {side} is not among the {side} candidates")
     index = _FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
-    q_step, c_step = scorer.block_shape(len(triples), num_candidates)
+    q_step, _ = scorer.block_shape(len(triples), num_candidates)
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     for q0 in range(0, len(triples), q_step):
         chunk = triples[q0 : q0 + q_step]
@@ -186,24 +229,65 @@ def _rank(
         pair_query, pair_pos = pair_query[keep], pair_pos[keep]
         order = torch.argsort(pair_pos)
         pair_query, pair_pos = pair_query[order], pair_pos[order]
-        # candidates each query is ranked among
-        among = num_candidates - torch.bincount(pair_query, minlength=len(chunk)).to(out.dtype)
-        blocks = (scorer, side, query, r_rows, candidates, num_candidates, c_step, pair_query, pair_pos)
-        balance, equal = _count(*blocks, true_scores, need_equal=ties != "realistic", nan_safe=False)
-        if torch.isnan(balance).any():  # NaN or infinite scores: count again with plain comparisons
-            balance, equal = _count(*blocks, true_scores, need_equal=ties != "realistic", nan_safe=True)
-        # balance = higher - lower, among = higher + lower + equal
-        balance *= scorer.interaction.sum_sign
-        among = among.unsqueeze(1)
-        if ties == "realistic":
-            rank = 1 + (among + balance) / 2
-        elif ties == "optimistic":
-            rank = 1 + (among - equal + balance) / 2
-        else:
-            rank = 1 + (among + equal + balance) / 2
-        out[q0 : q0 + len(chunk)] = rank
+        among, balance, equal = count_against(
+            scorer,
+            side,
+            query,
+            r_rows,
+            true_scores,
+            pair_query,
+            pair_pos,
+            num_candidates,
+            candidates,
+            ties != "realistic",
+        )
+        out[q0 : q0 + len(chunk)] = ranks_from_counts(among, balance, equal, ties, scorer.interaction.sum_sign)
         bar.update(len(chunk))
     return out.cpu()
+
+
+def ranks_from_counts(among: Tensor, balance: Tensor, equal: Tensor | None, ties: Ties, sign: int) -> Tensor:
+    """Ranks ``[Q, n]`` from the candidates each query is ranked among ``[Q]``, the balance of higher minus
+    lower sums ``[Q, n]`` and the ties ``[Q, n]`` (not needed for realistic ranks); ``sign`` says whether
+    a higher sum is a higher score (interaction.sum_sign)."""
+    balance = balance * sign  # higher - lower scores; among = higher + lower + equal
+    among = among.unsqueeze(1)
+    if ties == "realistic":
+        return 1 + (among + balance) / 2
+    assert equal is not None
+    if ties == "optimistic":
+        return 1 + (among - equal + balance) / 2
+    return 1 + (among + equal + balance) / 2
+
+
+def count_against(
+    scorer: BlockScorer,
+    side: Side,
+    query: Tensor,
+    r_rows: Tensor,
+    true_scores: Tensor,
+    pair_query: Tensor,
+    pair_pos: Tensor,
+    num_candidates: int,
+    candidates: Tensor | None,
+    need_equal: bool,
+    reduce=None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(among [Q], balance [Q, n], equal) of queries against a scorer's candidates, filtered pairs skipped.
+
+    ``reduce`` sums partial counts across processes (distributed evaluation: each holds some candidates);
+    NaN or infinite scores are counted again with plain comparisons, everywhere at once.
+    """
+    _, c_step = scorer.block_shape(len(query), num_candidates)
+    among = num_candidates - torch.bincount(pair_query, minlength=len(query)).to(torch.float64)
+    blocks = (scorer, side, query, r_rows, candidates, num_candidates, c_step, pair_query, pair_pos)
+    balance, equal = _count(*blocks, true_scores, need_equal=need_equal, nan_safe=False)
+    reduce = reduce or (lambda *x: x)
+    among, balance, equal = reduce(among, balance, equal)
+    if torch.isnan(balance).any():  # NaN or infinite scores: count again with plain comparisons
+        balance, equal = _count(*blocks, true_scores, need_equal=need_equal, nan_safe=True)
+        _, balance, equal = reduce(among.new_zeros(among.shape), balance, equal)
+    return among, balance, equal
 
 
 def _count(
@@ -257,6 +341,20 @@ def _count(
     return balance, equal
 
 
+def unique_triples(triples: Tensor) -> Tensor:
+    """The distinct rows of ``triples [N, 3]`` as int64 (sorted by one packed key: much faster than
+    ``torch.unique(dim=0)`` on tens of millions of triples)."""
+    triples = triples.long()
+    if not len(triples):
+        return triples
+    e = int(triples[:, [0, 2]].max()) + 1
+    r = int(triples[:, 1].max()) + 1
+    if e * e * r >= 2**63:  # the packed key would overflow
+        return torch.unique(triples, dim=0)
+    keys = torch.unique((triples[:, 0] * r + triples[:, 1]) * e + triples[:, 2])
+    return torch.stack([keys // (r * e), keys // e % r, keys % e], dim=1)
+
+
 class _FilterIndex:
     """Known triples sorted by (anchor, relation), to list the known answers of many queries at once."""
 
@@ -279,7 +377,83 @@ class _FilterIndex:
         return query, self.answers[lo[query] + offset]
 
 
-def _metrics(ranks: dict[str, Tensor], dims: Sequence[int], split: str, ties: str) -> Metrics:
+class SampledCandidates:
+    """The fixed candidate sets of the sampled protocol: ``count`` entities per query, uniform over ``pool``
+    (a number of entities, or a tensor of candidate ids), drawn per block of _SAMPLE_BLOCK queries from a
+    generator seeded by (seed, block), so a query's set does not depend on how evaluation is blocked."""
+
+    def __init__(self, pool: int | Tensor, count: int, seed: int):
+        self.pool, self.count, self.seed = pool, count, seed
+
+    def for_queries(self, start: int, stop: int) -> Tensor:
+        """Candidate ids ``[stop - start, count]`` of queries start..stop-1."""
+        size = self.pool if isinstance(self.pool, int) else len(self.pool)
+        out = []
+        for block in range(start // _SAMPLE_BLOCK, (stop - 1) // _SAMPLE_BLOCK + 1):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+            ids = torch.randint(size, (_SAMPLE_BLOCK, self.count), generator=g)
+            lo, hi = max(start, block * _SAMPLE_BLOCK), min(stop, (block + 1) * _SAMPLE_BLOCK)
+            out.append(ids[lo - block * _SAMPLE_BLOCK : hi - block * _SAMPLE_BLOCK])
+        ids = torch.cat(out)
+        return ids if isinstance(self.pool, int) else self.pool[ids]
+
+
+_SAMPLE_BLOCK = 256
+
+
+def _rank_sampled(
+    scorer: BlockScorer,
+    side: Side,
+    triples: Tensor,
+    known: Tensor,
+    draw: SampledCandidates,
+    ties: Ties,
+    filtered: bool,
+    bar: tqdm,
+) -> Tensor:
+    """Ranks ``[N, n]`` of the true ``side`` entity of each triple among its own sampled candidates."""
+    device = triples.device
+    anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
+    num_entities, num_relations = scorer.num_entities, scorer.relation.shape[0]
+    if num_entities * num_entities * num_relations >= 2**63:
+        raise MedkgeError("the sampled protocol packs (anchor, relation, candidate) in 63 bits: too many entities")
+    # known (anchor, relation, answer) as one sorted key each, to skip candidates that form known triples
+    known_keys = torch.sort((known[:, anchor_col] * num_relations + known[:, 1]) * num_entities + known[:, true_col])[0]
+    width = scorer.source.shape[1] * scorer.source.shape[2]
+    budget = scorer.budget or (8 << 20 if device.type == "cpu" else 512 << 20)
+    q_step = max(1, min(len(triples), budget // (4 * draw.count * (width + 2 * len(scorer.prefix.dims)))))
+    out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
+    sign = scorer.interaction.sum_sign
+    for q0 in range(0, len(triples), q_step):
+        chunk = triples[q0 : q0 + q_step]
+        anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
+        cands = draw.for_queries(q0, q0 + len(chunk)).to(device)  # [Q, C]
+        query, r_rows = scorer.queries(side, anchor, rel)
+        true_scores = scorer.pairs(side, query, r_rows, true, finish=False).unsqueeze(1)  # [Q, 1, n]
+        scores = scorer.per_query(side, query, r_rows, cands, finish=False)  # [Q, C, n]
+        if filtered:
+            keys = ((anchor * num_relations + rel) * num_entities).unsqueeze(1) + cands
+            position = torch.searchsorted(known_keys, keys).clamp_max(len(known_keys) - 1)
+            valid = known_keys[position] != keys
+        else:
+            valid = cands != true.unsqueeze(1)
+        # NaN scores rank last: in the sums' orientation, -inf for bilinear models and +inf for distances
+        worst = -math.inf * sign
+        scores, true_scores = scores.nan_to_num(nan=worst), true_scores.nan_to_num(nan=worst)
+        higher = ((scores * sign > true_scores * sign) & valid.unsqueeze(2)).sum(1).double()
+        equal = ((scores == true_scores) & valid.unsqueeze(2)).sum(1).double()
+        if ties == "realistic":
+            rank = 1 + higher + equal / 2
+        elif ties == "optimistic":
+            rank = 1 + higher
+        else:
+            rank = 1 + higher + equal
+        out[q0 : q0 + len(chunk)] = rank
+        bar.update(len(chunk))
+    return out.cpu()
+
+
+def _metrics(ranks: dict[str, Tensor], dims: Sequence[int], split: str, ties: str, protocol: str = "full") -> Metrics:
     by_dim: dict[int, dict[str, float]] = {d: {} for d in dims}
     groups = {"": torch.cat(list(ranks.values()))} | {f"{side}.": r for side, r in ranks.items()}
     for prefix_key, r in groups.items():
@@ -294,4 +468,4 @@ def _metrics(ranks: dict[str, Tensor], dims: Sequence[int], split: str, ties: st
                 by_dim[d][prefix_key + key] = float(v[i])
     for d in dims:
         by_dim[d]["queries"] = sum(len(r) for r in ranks.values())
-    return Metrics(by_dim, split, ties, ranks)
+    return Metrics(by_dim, split, ties, ranks, protocol)

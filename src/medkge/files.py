@@ -17,16 +17,19 @@ loading one never executes code from the file.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from .errors import MedkgeError
 
@@ -42,14 +45,26 @@ FORMAT_VERSION = "1"
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write a file so that readers see the old or the new content, never a torn one."""
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, fill: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
+    """A file opened for writing in place of ``path``: written to a temporary file beside it, synced and
+    renamed over ``path`` when the block ends without an error (removed otherwise). ``fill(tmp)``, where
+    given, writes the temporary file by its path instead (safetensors' own writer)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
+            if fill is not None:
+                fill(Path(tmp))
+                os.chmod(tmp, 0o666 & ~_UMASK)  # the writer may have made the file anew
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -66,9 +81,42 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Save tensors and a JSON-able metadata dict as one safetensors file, atomically."""
+    """Save tensors and a JSON-able metadata dict as one safetensors file, atomically (written from the
+    tensors' own memory: no second copy of a large table)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, save(tensors, metadata={"medkge": json.dumps(metadata)}))
+    header = {"medkge": json.dumps(metadata)}
+    with atomic_file(path, fill=lambda tmp: save_file(tensors, tmp, metadata=header)):
+        pass
+
+
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def save_tensors_streamed(
+    path: Path, tensors: list[tuple[str, torch.dtype, list[int], Iterable[torch.Tensor]]], metadata: dict[str, Any]
+) -> None:
+    """A safetensors file written piece by piece, atomically: ``(name, dtype, shape, pieces)`` where the
+    pieces, in order, make up the tensor's rows (a table assembled from the shards of a distributed run,
+    never held in memory whole)."""
+    header: dict[str, Any] = {"__metadata__": {"medkge": json.dumps(metadata)}}
+    offset = 0
+    for name, dtype, shape, _ in tensors:
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with atomic_file(path) as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name, dtype, _, pieces in tensors:
+            written, expected = 0, header[name]["data_offsets"][1] - header[name]["data_offsets"][0]
+            for piece in pieces:
+                data = piece.detach().to(dtype).contiguous().cpu().numpy()
+                f.write(memoryview(data).cast("B"))
+                written += data.nbytes
+            if written != expected:
+                raise ValueError(f"{path}: {name}: {written} bytes written, {expected} expected")
 
 
 def load_tensors(path: Path, what: str = "medkge file") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -184,6 +232,15 @@ def check_model_file(path: Path) -> None:
             raise bad("truncated: the tables end past the end of the file")
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_vocab(path: Path, labels: list[str]) -> None:
     atomic_write(path, "".join(f"{i}\t{label}\n" for i, label in enumerate(labels)))
 
@@ -222,7 +279,11 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def truncate_jsonl(path: Path, lines: int) -> None:
     """Keep the first ``lines`` records (a resumed run drops what the interrupted one logged later)."""
-    records = list(read_jsonl(path))[:lines]
+    rewrite_jsonl(path, list(read_jsonl(path))[:lines])
+
+
+def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file with ``records``, atomically."""
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 

@@ -56,10 +56,10 @@ class MEDObjective(nn.Module):
     """MED's loss: L = sum_i ML(i-1, i) + sum_i exp(w3 * d_i / d_n) * EI(i)  (MED.md section 3).
 
     ML: Huber (delta 1) between sigmoid scores of neighbouring sub-models, gradients into both.
-    EI(i), i >= 2: the base loss with positive weights softmax_b(w1 / q_pos) and negative weights
-    softmax_k(w2 * q_neg), q the detached sigmoid scores of sub-model i-1; EI(1) is the base loss.
-    Switching EI off gives every sub-model the base loss; switching DLW off sets w3 = 0.
-    ``w = (w1, w2, w3)`` is a parameter, learned when ``med.weights == "learn"``.
+    EI(i), i >= 2: the base loss with positive and negative weights from the detached scores of
+    sub-model i-1 (:func:`evolutionary_weights`; ``med.ei_positives`` and ``med.ei_negatives`` pick the
+    reading); EI(1) is the base loss. Switching EI off gives every sub-model the base loss; switching DLW
+    off sets w3 = 0. ``w = (w1, w2, w3)`` is a parameter, learned when ``med.weights == "learn"``.
     """
 
     def __init__(self, dims: Sequence[int], loss: LossConfig, med: MedConfig, fused: bool = True):
@@ -67,32 +67,38 @@ class MEDObjective(nn.Module):
         self.loss_cfg, self.med_cfg = loss, med
         self.w = nn.Parameter(torch.tensor([med.w1, med.w2, med.w3]), requires_grad=med.weights == "learn")
         self.register_buffer("dim_ratio", torch.tensor([d / dims[-1] for d in dims]), persistent=False)
-        # The default objective (logistic base loss, no EI, fixed weights) has a fused forward and backward
-        # (_FusedMEDLoss); the general path below is its tested reference.
-        self.fusable = fused and loss.kind != "margin" and not med.evolutionary and med.weights == "fixed"
+        # With fixed weights the logistic objective has a fused forward and backward (_FusedMEDLoss), EI's
+        # weights (detached) computed beforehand; the general path below is its tested reference.
+        self.fusable = fused and loss.kind != "margin" and med.weights == "fixed"
 
     def forward(self, scores: Tensor, batch: object = None) -> tuple[Tensor, dict[str, Tensor]]:
         cfg, med = self.loss_cfg, self.med_cfg
         n = scores.shape[-1]
+        alpha = cfg.alpha if cfg.kind == "self_adversarial" else 0.0
+        ei = med.evolutionary and n > 1
         if self.fusable and scores.requires_grad:
             c = torch.exp(self.w[2] * self.dim_ratio) if med.dynamic_weights else self.dim_ratio.new_ones(())
-            alpha = cfg.alpha if cfg.kind == "self_adversarial" else 0.0
-            loss, hard, mutual = _FusedMEDLoss.apply(scores, c.to(scores.dtype), alpha, med.mutual_learning)
-            return loss, {"hard": hard, **({"mutual": mutual} if med.mutual_learning and n > 1 else {})}
+            pos_w = neg_w = None
+            logs: dict[str, Tensor] = {}
+            if ei:  # EI's weights are detached: computed here, used as constants by the fused loss
+                with torch.no_grad():
+                    s = scores.detach()
+                    # the sub-models' own negative weights: all of them, or only sub-model 1's
+                    own = negative_weights(cfg.kind, s[:, 1:] if med.ei_negatives == "own" else s[:, 1:, :1], cfg.alpha)
+                    pos_w, neg_w, logs = evolutionary_weights(s, med, self.w[0], self.w[1], own)
+            loss, hard, mutual = _FusedMEDLoss.apply(
+                scores, c.to(scores.dtype), alpha, med.mutual_learning, pos_w, neg_w
+            )
+            mutual_log = {"mutual": mutual} if med.mutual_learning and n > 1 else {}
+            return loss, {"hard": hard, **mutual_log, **logs}
         s_pos, s_neg = scores[:, 0], scores[:, 1:]
         w1, w2, w3 = self.w.unbind()
-        logs: dict[str, Tensor] = {}
+        logs = {}
 
         # hard-label losses of every sub-model, each with its positive and negative weights
         pos_w, neg_w = None, negative_weights(cfg.kind, s_neg, cfg.alpha)
-        if med.evolutionary and n > 1:
-            prev = scores[..., :-1].detach()
-            pos_w, ess = evolutionary_positive_weights(prev[:, 0], w1, med.pos_temperature)
-            ei_neg_w = torch.softmax(w2 * torch.sigmoid(prev[:, 1:]), dim=1)
-            # sub-model 1 has no smaller neighbour: uniform positives, its own negative weights
-            pos_w = torch.cat([torch.full_like(pos_w[:, :1], 1.0 / len(pos_w)), pos_w], dim=1)
-            neg_w = torch.cat([neg_w[..., :1].expand_as(s_neg[..., :1]), ei_neg_w], dim=2)
-            logs["ess_pos"] = ess.mean() / len(s_pos)
+        if ei:
+            pos_w, neg_w, logs = evolutionary_weights(scores.detach(), med, w1, w2, neg_w)
         hard = base_loss(cfg.kind, s_pos, s_neg, pos_w, neg_w, cfg.margin)  # [n]
         if med.dynamic_weights:
             hard = hard * torch.exp(w3 * self.dim_ratio)
@@ -107,31 +113,75 @@ class MEDObjective(nn.Module):
         return loss, logs
 
 
+def evolutionary_weights(
+    scores: Tensor, med: MedConfig, w1: Tensor, w2: Tensor, own_neg_w: Tensor
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """EI's weights of every sub-model from the detached scores ``[B, 1 + K, n]`` (MED.md section 3).
+
+    ``own_neg_w`` (broadcastable to ``[B, K, n]``) are the sub-models' own negative weights
+    (:func:`negative_weights`). Returns positive weights ``[B, n]`` (summing to 1 over the batch), negative
+    weights (summing to 1 over a row) and the logs ``ess_pos``, the effective number of weighted positives
+    1 / sum_b u_b^2 as a fraction of the batch, averaged over sub-models 2..n, and ``ess_neg``, the same
+    for each row of EI's negative weights as a fraction of K. Sub-model 1 has no smaller neighbour: uniform
+    positives and its own negative weights. ``w1``, ``w2`` may require gradients (``med.weights: learn``).
+    """
+    B, K = scores.shape[0], scores.shape[1] - 1
+    prev = scores[..., :-1].detach()
+    pos_w, ess = evolutionary_positive_weights(prev[:, 0], w1, med.pos_temperature, med.ei_positives)
+    pos_w = torch.cat([torch.full_like(pos_w[:, :1], 1.0 / B), pos_w], dim=1)
+    logs = {"ess_pos": ess.mean() / B}
+    if med.ei_negatives == "own":  # EI's positive weights only
+        return pos_w, own_neg_w, logs
+    # paper-literal: softmax_k(w2 * sigmoid(s)), nearly uniform for w2 = 1 as sigmoid(s) lies in [0, 1];
+    # raw: RotatE's self-adversarial weights softmax_k(w2 * s) (its eq. 5) on sub-model i-1's scores
+    logits = torch.sigmoid(prev[:, 1:]) if med.ei_negatives == "paper-literal" else prev[:, 1:]
+    ei_neg = torch.softmax(w2 * logits, dim=1)
+    logs["ess_neg"] = (1.0 / ei_neg.detach().square().sum(1)).mean() / K
+    first = own_neg_w[..., :1].expand(B, K, 1).to(ei_neg.dtype)
+    return pos_w, torch.cat([first, ei_neg], dim=2), logs
+
+
 class _FusedMEDLoss(torch.autograd.Function):
-    """MED's loss without EI and with fixed weights, its gradient computed in the forward pass.
+    """MED's logistic loss with fixed weights, its gradient computed in the forward pass.
 
     L = sum_i c_i base_i + sum_i mean_{b,k} huber(q_i - q_{i+1}), q = sigmoid(s), c_i = exp(w3 d_i / d_n).
     Autograd would keep a dozen [B, 1 + K, n] intermediates and walk them back; here the gradient is
-    written in closed form in a few in-place passes (d base / d s_pos = (q - 1) / B, d base / d s_neg =
-    p q / B with p the detached negative weights; as q lies in [0, 1], the Huber term is x^2 / 2 with
-    x = q_i - q_{i+1}, its gradient x q (1 - q) / (B (1 + K))). Returns (loss, hard part, mutual part).
+    written in closed form in a few in-place passes (d base / d s_pos = (q - 1) u with u the positive
+    weights, 1 / B without EI; d base / d s_neg = p q / B with p the detached negative weights; as q lies
+    in [0, 1], the Huber term is x^2 / 2 with x = q_i - q_{i+1}, its gradient x q (1 - q) / (B (1 + K))).
+    ``pos_w [B, n]`` and ``neg_w [B, K, n]`` are EI's detached weights (None: uniform positives and the
+    self-adversarial weights of each sub-model's own scores). Returns (loss, hard part, mutual part).
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, c: Tensor, alpha: float, mutual_learning: bool):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        scores: Tensor,
+        c: Tensor,
+        alpha: float,
+        mutual_learning: bool,
+        pos_w: Tensor | None = None,
+        neg_w: Tensor | None = None,
+    ):
         B, columns, n = scores.shape
         s_pos, s_neg = scores[:, 0], scores[:, 1:]
         q = torch.sigmoid(scores)
         grad = torch.empty_like(scores)
         torch.sub(q[:, 0], 1.0, out=grad[:, 0])
-        if alpha > 0:
+        if neg_w is not None:
+            p = neg_w
+        elif alpha > 0:
             p = torch.softmax(s_neg * alpha if alpha != 1.0 else s_neg, dim=1)
         else:
             p = s_neg.new_full((1, 1, 1), 1.0 / s_neg.shape[1])
         # base loss: -mean_b log sigma(s_pos) + mean_b sum_k p softplus(s_neg); softplus(s) = -log sigma(-s),
         # exact in float64 up to its threshold (log1p(e^-50) is below float64's resolution at 50)
         neg_terms = F.softplus(s_neg, threshold=50.0).mul_(p)
-        hard = (neg_terms.sum(dim=(0, 1)) - F.logsigmoid(s_pos).sum(0)) / B
+        if pos_w is None:
+            hard = (neg_terms.sum(dim=(0, 1)) - F.logsigmoid(s_pos).sum(0)) / B
+        else:  # EI: weighted positives; the gradient is scaled by B here and by 1 / B below
+            hard = neg_terms.sum(dim=(0, 1)) / B - (F.logsigmoid(s_pos) * pos_w).sum(0)
+            grad[:, 0].mul_(pos_w).mul_(B)
         torch.mul(q[:, 1:], p, out=grad[:, 1:])
         grad.mul_(c / B)
         hard = (hard * c).sum()
@@ -152,19 +202,39 @@ class _FusedMEDLoss(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, *_: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         unit = grad_loss.device.type == "cpu" and bool(grad_loss == 1.0)  # no device sync on a GPU
-        return (grad if unit else grad * grad_loss), None, None, None
+        return (grad if unit else grad * grad_loss), None, None, None, None, None
 
 
-def evolutionary_positive_weights(s_prev: Tensor, w1: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """EI positive weights ``softmax_b(w1 / q)``, q = sigmoid(s_prev), and their effective sample size.
+def evolutionary_positive_weights(
+    s_prev: Tensor, w1: Tensor, temperature: float = 1.0, reading: str = "paper-literal"
+) -> tuple[Tensor, Tensor]:
+    """EI positive weights ``[B, m]`` from the smaller models' scores ``s_prev [B, m]``, and their
+    effective sample size ``1 / sum_b u_b^2`` per column (to watch for collapse onto a handful of triples).
 
-    1 / q = 1 + exp(-s) is huge where the smaller model scores a positive very low; the softmax is
-    computed in float64 from the logits directly (shift-invariant), so nothing overflows for s > -700.
-    The effective number of weighted positives 1 / sum_b u_b^2 is returned per sub-model to watch for
-    collapse onto a handful of triples.
+    Every reading is a softmax over the batch of ``w1 * f(q) / temperature``, q = sigmoid(s_prev), rising
+    where q is low; the weights sum to 1 (B times them have mean one):
+
+    - "paper-literal": f = 1 / q (MED.md section 3). 1 / q = 1 + exp(-s) is huge where a positive is
+      scored very low, so the weights collapse onto the worst positives.
+    - "power": f = -log q, i.e. weights proportional to q^(-w1 / temperature): 1 / q itself normalised to
+      mean one at w1 = temperature = 1; unbounded, but polynomial in 1 / q rather than exponential.
+    - "error": f = 1 - q: bounded, no weight more than exp(w1 / temperature) times another.
+    - "uniform": 1 / B (EI's negative weights only).
+
+    Computed in float64 from the logits (shift-invariant): nothing overflows for s > -700.
     """
-    inv_q = 1.0 + torch.exp((-s_prev.double()).clamp_max(_MAX_NEG_SCORE))
-    weights = torch.softmax(w1.double() * inv_q / temperature, dim=0)
+    s = s_prev.double()
+    if reading == "paper-literal":
+        f = 1.0 + torch.exp((-s).clamp_max(_MAX_NEG_SCORE))
+    elif reading == "power":
+        f = F.softplus(-s)
+    elif reading == "error":
+        f = 1.0 - torch.sigmoid(s)
+    elif reading == "uniform":
+        f = torch.zeros_like(s)
+    else:
+        raise ValueError(f"unknown EI positive reading {reading!r}")
+    weights = torch.softmax(w1.double() * f / temperature, dim=0)
     ess = 1.0 / weights.detach().square().sum(0)
     return weights.to(s_prev.dtype), ess
 

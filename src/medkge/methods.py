@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,15 +19,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import runtime
+from . import memory, runtime
 from .config import ALIASES, Config
-from .datasets import BUNDLED, Dataset, load_dataset
+from .datasets import BUNDLED, Dataset, load_dataset, warn_unseen
 from .errors import MedkgeError
 from .evaluation import Metrics
 from .files import MODEL_FILE, atomic_write, load_into, read_jsonl, read_vocab, write_json, write_vocab
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
+from .memory import MemoryEstimate
 from .model import CroppableModel
-from .run import CHECKPOINT_FILE, CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, RESULTS_FILE, Run, per_dim_model_path
+from .run import (
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LOG_FILE,
+    MODELS_DIR,
+    RESULTS_FILE,
+    Run,
+    model_checksums,
+    per_dim_model_path,
+)
 from .training import Batch, Objective, Trainer, TrainState, build_model, score_batch
 
 Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
@@ -300,6 +312,7 @@ def _summary(state: TrainState) -> dict[str, Any]:
         "epochs": state.epoch,
         "best_epoch": state.best_epoch,
         "stopped_early": state.stopped_early,
+        **({"discarded_seconds": state.discarded_seconds} if state.discarded_seconds else {}),
     }
 
 
@@ -337,17 +350,24 @@ def train(
 
     ``config`` is a Config, a YAML file or a dict; ``options`` set single keys, by short name (dataset,
     model, dims, epochs, lr, batch_size, negatives, seed, device, gamma, method) or dotted
-    (``**{"med.evolutionary": False}``). The run folder ``out`` must not hold another run.
+    (``**{"med.evolutionary": False}``). The run folder ``out`` must not hold another run (a folder whose
+    run never reached its first checkpoint may be started again). Everything that can fail at start
+    (config, dataset, device, teacher, memory) is checked before the folder is written.
     """
     cfg = make_config(config, **options)
     folder = Path(out) if out is not None else Path("runs") / default_run_name(cfg)
-    if (folder / CONFIG_FILE).exists():
+    restart = (folder / CONFIG_FILE).exists()
+    if restart and has_progress(folder):
         raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
-    dataset = load_dataset(cfg.dataset)
-    if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
-        open_teacher_run(cfg, dataset)  # a bad teacher fails before the run folder is made
+    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
+    plan = preflight(cfg, dataset, progress)
+    cfg.train.optimizer = plan.optimizer  # auto resolved once: a resumed run keeps the optimiser it began with
+    warn_unseen(dataset, cfg.drop_unseen)
     if cfg.dataset not in BUNDLED:
         cfg.dataset = str(Path(cfg.dataset).resolve())  # the run folder must find it from anywhere
+    if restart:  # a start that failed or was killed before its first checkpoint: begin again
+        _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
+        (folder / LOG_FILE).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_vocab(folder / "entities.tsv", dataset.entities)
     write_vocab(folder / "relations.tsv", dataset.relations)
@@ -364,12 +384,49 @@ def resume(path: str | Path, progress: bool = True) -> Run:
     cfg = Config.from_yaml(folder / CONFIG_FILE)
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device)
-    dataset = load_dataset(cfg.dataset)
+    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
     if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
         folder / "relations.tsv"
     ):
         raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
+    try:
+        preflight(cfg, dataset, progress)
+    except MedkgeError as error:
+        if has_progress(folder):
+            raise
+        raise MedkgeError(
+            f"{error} (this run never reached its first checkpoint: start it again with other options, "
+            f"`medkge train ... --out {folder}`)"
+        ) from None
     return _execute(cfg, dataset, folder, progress)
+
+
+def preflight(cfg: Config, dataset: Dataset, progress: bool = True) -> MemoryEstimate:
+    """Check what can fail before anything is written or allocated: the device, the teacher run, memory.
+
+    Returns the memory estimate, with ``train.optimizer: auto`` resolved (memory.plan)."""
+    device = runtime.resolve_device(cfg.train.device)
+    if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
+        open_teacher_run(cfg, dataset)
+    plan = memory.plan(cfg, dataset, device)
+    _say(progress, f"memory: {plan.describe()}")
+    return plan
+
+
+def has_progress(folder: Path) -> bool:
+    """Whether a run folder holds anything training produced (a checkpoint, a model, a log line, results)."""
+    files = [folder / CHECKPOINT_FILE, folder / MODEL_FILE, folder / TEACHER_FILE, folder / RESULTS_FILE]
+    if any(f.exists() for f in files):
+        return True
+    if any((folder / d).is_dir() and any((folder / d).iterdir()) for d in (CHECKPOINTS_DIR, MODELS_DIR)):
+        return True
+    return (folder / LOG_FILE).is_file() and (folder / LOG_FILE).stat().st_size > 0
+
+
+def _say(progress: bool, message: str) -> None:
+    """A status line on stderr (not with ``progress=False``, as the command line's --quiet)."""
+    if progress:
+        print(f"medkge: {message}", file=sys.stderr)
 
 
 def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run:
@@ -377,6 +434,8 @@ def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.tune_malloc:
         runtime.keep_freed_memory()
+    if cfg.train.flush_denormals:  # after the thread count: threads made later would not have it
+        runtime.flush_denormals()
     device = runtime.resolve_device(cfg.train.device)
     started = time.perf_counter()
     info = METHODS[cfg.method](cfg, dataset, folder, progress)
@@ -389,6 +448,7 @@ def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run
         "model": cfg.model.name,
         "dims": run.dims,
         "device": runtime.describe_device(device),
+        "optimizer": cfg.train.optimizer,
         "machine": platform.machine(),
         "torch": torch.__version__,
         **info,
@@ -400,6 +460,7 @@ def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run
         results["test"] = run.evaluate("test", progress=progress).to_dict()
         results["test_eval_seconds"] = time.perf_counter() - eval_started
     results["session_seconds"] = time.perf_counter() - started
+    results["checksums"] = model_checksums(folder)
     results["log_records"] = sum(1 for _ in read_jsonl(folder / LOG_FILE))
     write_json(folder / RESULTS_FILE, results)
     return run

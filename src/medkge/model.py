@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,17 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .errors import MedkgeError
-from .scoring import Interaction, Prefix, Side, check_dims, dot_block, get_interaction, plain_scores, training_scores
+from .scoring import (
+    Interaction,
+    Prefix,
+    Side,
+    check_dims,
+    dot_block,
+    dot_block_batched,
+    get_interaction,
+    plain_scores,
+    training_scores,
+)
 
 DEFAULT_DIMS: tuple[int, ...] = tuple(range(10, 641, 10))
 DEFAULT_GAMMA = 12.0
@@ -62,6 +73,7 @@ class CroppableModel(nn.Module):
         init_scale: float | None = None,
         phase_scale: float | None = None,
         generator: torch.Generator | None = None,
+        entity_table: bool = True,
     ):
         super().__init__()
         self.interaction: Interaction = get_interaction(model, p)
@@ -91,7 +103,10 @@ class CroppableModel(nn.Module):
             phase_scale = math.pi / self.init_scale
         self.phase_scale = float(phase_scale) if model == "rotate" else 1.0
         it = self.interaction
-        self.entity = nn.Parameter(torch.empty(num_entities, it.entity_parts, width))
+        # entity_table=False: a placeholder on the meta device (no memory) for a table held elsewhere,
+        # sharded across processes (distributed.py); scoring then takes the batch's rows explicitly
+        where = None if entity_table else "meta"
+        self.entity = nn.Parameter(torch.empty(num_entities, it.entity_parts, width, device=where))
         self.relation = nn.Parameter(torch.empty(num_relations, it.relation_parts, width))
         with torch.no_grad():
             for table in (self.entity, self.relation):
@@ -183,7 +198,7 @@ class CroppableModel(nn.Module):
         if self.gamma_scaling == "none" or (len(dims) == 1 and dims[0] == self.gamma_width):
             return self.gamma
         values = [self.gamma * d / self.gamma_width for d in dims]
-        return torch.tensor(values, dtype=self.entity.dtype, device=self.entity.device)
+        return torch.tensor(values, dtype=self.relation.dtype, device=self.relation.device)
 
     def _normalize(self, rows: Tensor) -> Tensor:
         if not self.normalize_entities:
@@ -216,30 +231,69 @@ class CroppableModel(nn.Module):
         ``anchor [B]`` is the head when ``side`` is "tail" and the tail when it is "head". The query is
         formed once per anchor and broadcast against its C candidates.
         """
-        return self.score_groups([(side, anchor, r, candidates)])
+        return self.score_groups([Group(side, anchor, r, candidates)])
 
-    def score_groups(self, groups: Sequence[tuple[Side, Tensor, Tensor, Tensor]]) -> Tensor:
-        """Scores of several (side, anchor [b], r [b], candidates [b, C]) groups, stacked: ``[sum b, C, n]``.
+    def score_groups(self, groups: Sequence[Group | tuple], entity: Tensor | None = None) -> Tensor:
+        """Scores of several :class:`Group` s, stacked: ``[sum b, C (+ N), n]``.
 
         The training path: a batch of positives and negatives is one group per corrupted side. Rows are
         gathered with one index per table, so the backward pass builds one gradient per table.
+        ``entity`` replaces the entity table (the sparse optimisers score from a leaf holding only the
+        batch's rows; the groups' entity ids then index that leaf). Tuples (side, anchor, r, candidates)
+        are read as groups without shared negatives.
         """
         it = self.interaction
-        entity_ids = [x for _, anchor, _, cands in groups for x in (anchor, cands.reshape(-1))]
+        groups = [g if isinstance(g, Group) else Group(*g) for g in groups]
+        table = self.entity if entity is None else entity
+        entity_ids = [x for g in groups for x in g.entity_ids()]
         if self.fused_kernels:
-            entity = [self._normalize(rows) for rows in gather_rows(self.entity, entity_ids)]
+            rows = [self._normalize(r) for r in gather_rows(table, entity_ids)]
         else:  # the plain autograd reference (train.fused_kernels: false)
-            entity = self.entity_rows(torch.cat(entity_ids)).split([len(x) for x in entity_ids])
+            rows = list(
+                self._normalize(table.index_select(0, torch.cat(entity_ids))).split([len(x) for x in entity_ids])
+            )
         score = training_scores if self.fused_kernels else plain_scores
-        relation = self.relation_rows(torch.cat([r for _, _, r, _ in groups])).split([len(g[2]) for g in groups])
+        relation = self.relation_rows(torch.cat([g.relation for g in groups])).split([len(g.relation) for g in groups])
         scores, margins = [], self.margins()
-        for i, (side, _, _, cands) in enumerate(groups):
-            anchor_rows = entity[2 * i].unsqueeze(1)
-            cand_rows = entity[2 * i + 1].view(*cands.shape, *entity[0].shape[1:])
+        for i, g in enumerate(groups):
+            anchor_rows = rows[3 * i].unsqueeze(1)
+            cand_rows = rows[3 * i + 1].view(*g.candidates.shape, *rows[0].shape[1:])
             r_rows = relation[i].unsqueeze(1)
-            query = it.query(side, anchor_rows, r_rows)
-            scores.append(score(it, query, it.candidate(side, cand_rows, r_rows), self.prefix, margins))
+            query = it.query(g.side, anchor_rows, r_rows)
+            own = score(it, query, it.candidate(g.side, cand_rows, r_rows), self.prefix, margins)
+            if g.shared is None:
+                scores.append(own)
+                continue
+            shared = self._score_shared(g, query, r_rows, rows[3 * i + 2], margins, score)
+            scores.append(torch.cat([own, shared], dim=1))
         return scores[0] if len(scores) == 1 else torch.cat(scores)
+
+    def _score_shared(self, g: Group, query: Tensor, r_rows: Tensor, shared_rows: Tensor, margins, score) -> Tensor:
+        """Scores ``[b, N, n]`` of each anchor's query against the N negatives its chunk shares.
+
+        The b queries are laid out as [chunks, chunk] (the first chunk padded by ``g.offset`` places and the
+        last one to its end, the padding scored and dropped) against [chunks, N] candidate rows: a dense
+        block per chunk, one product per segment for the bilinear models that do not transform candidates
+        by the relation, terms otherwise.
+        """
+        it, b, (chunks, n_neg) = self.interaction, len(g.anchor), g.shared.shape
+        front, pad = g.offset, chunks * g.chunk - b - g.offset
+        if front or pad:
+            query = torch.cat(
+                [query[:1].expand(front, *query.shape[1:]), query, query[-1:].expand(pad, *query.shape[1:])]
+            )
+            r_rows = torch.cat(
+                [r_rows[:1].expand(front, *r_rows.shape[1:]), r_rows, r_rows[-1:].expand(pad, *r_rows.shape[1:])]
+            )
+        query = query.view(chunks, g.chunk, *query.shape[2:])  # [chunks, chunk, parts, D]
+        cand = shared_rows.view(chunks, 1, n_neg, *shared_rows.shape[1:])  # [chunks, 1, N, parts, D]
+        if it.kernel == "dot" and not it.candidates_depend_on_relation:
+            sums = dot_block_batched(query, cand[:, 0], self.prefix)  # [chunks, chunk, N, n]
+            out = it.finish(sums, margins)
+        else:
+            r_rows = r_rows.view(chunks, g.chunk, 1, *r_rows.shape[2:])
+            out = score(it, query.unsqueeze(2), it.candidate(g.side, cand, r_rows), self.prefix, margins)
+        return out.reshape(chunks * g.chunk, n_neg, -1)[front : front + b]
 
     @torch.no_grad()
     def _score_all(self, side: Side, anchor: Tensor, r: Tensor, candidates: Tensor | None, dim: int | None) -> Tensor:
@@ -305,6 +359,40 @@ class CroppableModel(nn.Module):
         return cropped.to(self.entity.device).train(self.training)
 
 
+@dataclass
+class Group:
+    """Triples to score: every anchor against its own candidates, and optionally against shared negatives.
+
+    ``side`` is the entity the candidates stand for ("tail": (anchor, r, candidate); "head": (candidate,
+    r, anchor)); ``anchor`` and ``relation`` are ``[b]`` ids; ``candidates [b, C]`` each anchor's own
+    candidates (in training column 0 is the true entity). ``shared [chunks, N]`` holds negatives that
+    each chunk of ``chunk`` consecutive anchors shares (PyTorch-BigGraph's and DGL-KE's batched negatives:
+    far fewer rows to gather); their scores follow the own candidates' along the candidate axis.
+    """
+
+    side: Side
+    anchor: Tensor
+    relation: Tensor
+    candidates: Tensor
+    shared: Tensor | None = None
+    chunk: int = 0
+    offset: int = 0  # places of the first chunk taken by anchors held elsewhere (another rank's share)
+
+    def shared_ids(self) -> Tensor:
+        return self.anchor[:0] if self.shared is None else self.shared.reshape(-1)
+
+    def entity_ids(self) -> list[Tensor]:
+        """Every entity id the group reads (anchors, own candidates, shared negatives)."""
+        return [self.anchor, self.candidates.reshape(-1), self.shared_ids()]
+
+    def remap(self, index) -> Group:
+        """The same group with entity ids passed through ``index`` (ids into a table of the batch's rows)."""
+        shared = None if self.shared is None else index(self.shared)
+        return Group(
+            self.side, index(self.anchor), self.relation, index(self.candidates), shared, self.chunk, self.offset
+        )
+
+
 def gather_rows(table: Tensor, indices: Sequence[Tensor]) -> tuple[Tensor, ...]:
     """``table[index]`` for each index, whose backward pass adds every piece's gradient straight into one
     table-shaped gradient (autograd's index_select of the concatenated ids, then split, would first
@@ -347,10 +435,32 @@ class BlockScorer:
         self.use_matmul = it.kernel == "dot" and not it.candidates_depend_on_relation
         self.prefix = Prefix(dims, interleaved=not self.use_matmul)
         with torch.no_grad():
-            self.entity = self.prefix.interleave(model.entity_table().detach()[..., : dims[-1]])
+            # the table as scored, a view where nothing needs to change; its interleaved copy (a second table
+            # in memory) is made when a block of candidates is first scored, not for rows gathered by id
+            self.source = model.entity_table().detach()[..., : dims[-1]]
             self.relation = self.prefix.interleave(model.relation_table().detach()[..., : dims[-1]])
+        self._entity: Tensor | None = None
         self.margins = model.margins(dims)
         self.budget = budget
+
+    @property
+    def entity(self) -> Tensor:
+        """The whole entity table in this scorer's layout (made on first use)."""
+        if self._entity is None:
+            with torch.no_grad():
+                self._entity = self.prefix.interleave(self.source)
+        return self._entity
+
+    @property
+    def num_entities(self) -> int:
+        return self.source.shape[0]
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """Entity rows of ``ids`` in this scorer's layout (from the full copy if it exists, else gathered)."""
+        if self._entity is not None:
+            return self._entity[ids]
+        with torch.no_grad():
+            return self.prefix.interleave(self.source[ids])
 
     def block_shape(self, num_queries: int, num_candidates: int) -> tuple[int, int]:
         """Queries and candidates per block so that a block's working set stays near the budget.
@@ -360,7 +470,7 @@ class BlockScorer:
         """
         it, prefix, budget = self.interaction, self.prefix, self.budget
         if budget is None:
-            on_cpu = self.entity.device.type == "cpu"
+            on_cpu = self.source.device.type == "cpu"
             budget = (32 << 20 if self.use_matmul else 8 << 20) if on_cpu else 512 << 20
         n = len(prefix.dims)
         if self.use_matmul:
@@ -372,10 +482,20 @@ class BlockScorer:
         queries = max(1, min(num_queries, pairs // min(num_candidates, 256)))
         return queries, max(1, min(num_candidates, pairs // queries))
 
-    def queries(self, side: Side, anchor: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-        """Query rows ``[Q, parts, W]`` for (anchor, r), and the relation rows they were made from."""
+    def prepare(self, rows: Tensor) -> Tensor:
+        """Entity rows from elsewhere (another shard of a distributed table) laid out as this scorer's table."""
+        with torch.no_grad():
+            return self.prefix.interleave(self.model._normalize(rows)[..., : self.prefix.width])
+
+    def queries(
+        self, side: Side, anchor: Tensor, r: Tensor, anchor_rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Query rows ``[Q, parts, W]`` for (anchor, r), and the relation rows they were made from.
+
+        ``anchor_rows`` (prepared, see :meth:`prepare`) replace the table's rows of ``anchor``."""
         r_rows = self.relation[r]
-        return self.interaction.query(side, self.entity[anchor], r_rows), r_rows
+        rows = self.rows(anchor) if anchor_rows is None else anchor_rows
+        return self.interaction.query(side, rows, r_rows), r_rows
 
     @torch.no_grad()
     def block(
@@ -397,9 +517,31 @@ class BlockScorer:
         return it.finish(sums, self.margins, inplace=True) if finish else sums
 
     @torch.no_grad()
-    def pairs(self, side: Side, query: Tensor, r_rows: Tensor, candidates: Tensor, finish: bool = True) -> Tensor:
-        """Scores ``[Q, n]`` of query i against candidate i (``finish`` as in :meth:`block`)."""
+    def per_query(self, side: Side, query: Tensor, r_rows: Tensor, candidates: Tensor, finish: bool = True) -> Tensor:
+        """Scores ``[Q, C, n]`` of query i against its own candidates ``candidates[i]`` (ids ``[Q, C]``)."""
         it = self.interaction
-        cand = it.candidate(side, self.entity[candidates], r_rows)
+        cand = self.rows(candidates)  # [Q, C, parts, W]
+        if self.use_matmul:
+            sums = dot_block_batched(query.unsqueeze(1), cand, self.prefix)[:, 0]
+        else:
+            cand = it.candidate(side, cand, r_rows.unsqueeze(1))
+            sums = self.prefix(it.terms(query.unsqueeze(1), cand, inplace=True), inplace=True)
+        return it.finish(sums, self.margins, inplace=True) if finish else sums
+
+    @torch.no_grad()
+    def pairs(
+        self,
+        side: Side,
+        query: Tensor,
+        r_rows: Tensor,
+        candidates: Tensor,
+        finish: bool = True,
+        candidate_rows: Tensor | None = None,
+    ) -> Tensor:
+        """Scores ``[Q, n]`` of query i against candidate i (``finish`` as in :meth:`block`); prepared
+        ``candidate_rows`` replace the table's rows of ``candidates``."""
+        it = self.interaction
+        rows = self.rows(candidates) if candidate_rows is None else candidate_rows
+        cand = it.candidate(side, rows, r_rows)
         sums = self.prefix(it.terms(query, cand, inplace=True), inplace=True)
         return it.finish(sums, self.margins, inplace=True) if finish else sums

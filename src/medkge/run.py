@@ -12,7 +12,7 @@ from .config import Config
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
 from .evaluation import Metrics, evaluate
-from .files import MODEL_FILE, load_model, read_json, read_jsonl, read_vocab
+from .files import MODEL_FILE, check_model_file, load_model, read_json, read_jsonl, read_vocab, sha256_file
 from .model import CroppableModel
 
 CONFIG_FILE = "config.yaml"
@@ -23,8 +23,40 @@ MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
 
 
+# Model files up to this size are checked against the sha256 that results.json recorded when the run
+# finished, every time a run is opened; larger ones (hashing 10 GB takes many seconds) by header only.
+VERIFY_MAX_BYTES = 2 << 30
+
+
 def per_dim_model_path(folder: Path, dim: int) -> Path:
     return folder / MODELS_DIR / f"dim_{dim}.safetensors"
+
+
+def model_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every model file of a finished run, by path relative to the run folder."""
+    files = [folder / MODEL_FILE, *sorted((folder / MODELS_DIR).glob("dim_*.safetensors"))]
+    return {str(f.relative_to(folder)): sha256_file(f) for f in files if f.is_file()}
+
+
+def check_checksums(folder: Path, files: Sequence[Path], recorded: dict[str, str] | None) -> None:
+    """Compare model files with the checksums recorded at the end of training (runs made before they were
+    recorded, and files over VERIFY_MAX_BYTES, are not compared)."""
+    for f in files:
+        expected = (recorded or {}).get(str(f.relative_to(folder)))
+        if expected and f.stat().st_size <= VERIFY_MAX_BYTES and sha256_file(f) != expected:
+            raise MedkgeError(f"{f}: does not match the checksum in {RESULTS_FILE} (modified or damaged)")
+
+
+def eval_protocol(
+    config: Config, protocol: str | None = None, candidates: int | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """The evaluation protocol options of a run's config (``eval.protocol`` and its sampled settings), overridden."""
+    ec = config.eval
+    return {
+        "protocol": protocol or ec.protocol,
+        "sampled_candidates": candidates or ec.sampled_candidates,
+        "sampled_seed": ec.sampled_seed if seed is None else seed,
+    }
 
 
 class Run:
@@ -51,12 +83,16 @@ class Run:
             raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
         config = Config.from_yaml(folder / CONFIG_FILE)
         if (folder / MODEL_FILE).is_file():
-            models = [load_model(folder / MODEL_FILE, device)]
+            files = [folder / MODEL_FILE]
         else:
             files = sorted((folder / MODELS_DIR).glob("dim_*.safetensors"))
             if not files:
                 raise MedkgeError(f"{folder}: holds no trained model yet (is training still running? see --resume)")
-            models = [load_model(f, device) for f in files]
+        for f in files:
+            check_model_file(f)  # a damaged header gets its own message before the checksum's
+        results = read_json(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
+        check_checksums(folder, files, results.get("checksums"))
+        models = [load_model(f, device) for f in files]
         entities = read_vocab(folder / "entities.tsv")
         relations = read_vocab(folder / "relations.tsv")
         for m in models:
@@ -103,13 +139,23 @@ class Run:
         ties: str | None = None,
         memory_budget: int | None = None,
         progress: bool = True,
+        candidates: torch.Tensor | None = None,
+        protocol: str | None = None,
+        sampled_candidates: int | None = None,
+        sampled_seed: int | None = None,
     ) -> Metrics:
-        """Filtered link prediction for every dim of the run (or ``dims``), as in training."""
+        """Filtered link prediction for every dim of the run (or ``dims``), as in training.
+
+        ``candidates``: entity ids to rank the tails among, tails only (see :func:`medkge.evaluate`).
+        ``protocol`` (full or sampled) and its options default to the run's config (``eval``).
+        """
         dataset = self.dataset()
         options: dict[str, Any] = {
             "ties": ties or self.config.eval.ties,
             "memory_budget": memory_budget or self.config.eval.memory_budget,
             "progress": progress,
+            "candidates": candidates,
+            **eval_protocol(self.config, protocol, sampled_candidates, sampled_seed),
         }
         if len(self.models) == 1:
             return evaluate(self.model, dataset, split, dims=dims, **options)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,51 @@ def keep_freed_memory() -> bool:
         return False
     _tuned = ok
     return ok
+
+
+def flush_denormals() -> bool:
+    """Flush subnormal floats to zero (FTZ/DAZ) on the CPU, on this thread and on torch's OpenMP workers.
+
+    Scores of some sub-models saturate in training (a distance of ~90 past the margin), and their
+    sigmoid, softplus and softmax weights then fall below float32's normal range; arithmetic on such
+    subnormal numbers is many times slower on x86 (MED's objective at scores near -90 took 480 ms
+    against 80 ms; benchmarks/scale.py measures it). Values that small (below 1.2e-38) change nothing in
+    training. The setting is per thread and OpenMP's workers do not inherit it, so it is set on each of
+    them inside one parallel region (libgomp's GOMP_parallel, the entry point of ``#pragma omp parallel``).
+    Call it after the thread count is set: threads made later start without it.
+    Returns whether the workers were reached (False: only this thread, or no FTZ on this CPU).
+    """
+    if not torch.set_flush_denormal(True):
+        return False
+    global _denormal_callback
+    libgomp = _loaded_library("libgomp")
+    if libgomp is None or torch.get_num_threads() == 1:
+        return torch.get_num_threads() == 1
+    try:
+        gomp = ctypes.CDLL(libgomp)
+        callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+        _denormal_callback = callback(lambda _: torch.set_flush_denormal(True))  # kept alive
+        gomp.GOMP_parallel.argtypes = [callback, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        gomp.GOMP_parallel(_denormal_callback, None, torch.get_num_threads(), 0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+_denormal_callback = None
+
+
+def _loaded_library(stem: str) -> str | None:
+    """The path of a shared library this process has loaded whose name starts with ``stem`` (Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        if "/" in path and Path(path).name.startswith(stem) and ".so" in path:
+            return path
+    return None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -35,6 +35,7 @@ class NegativeSampler:
         self.head_probability = torch.full((num_relations,), 0.5)
         if corruption == "bernoulli":
             self.head_probability = _bernoulli_head_probability(train, num_relations)
+        train = train.long()  # keys below overflow int32
         self.known = torch.sort(self._keys(train[:, 0], train[:, 1], train[:, 2])).values if filter_known else None
 
     def _keys(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
@@ -52,6 +53,18 @@ class NegativeSampler:
                     break
                 negatives[known] = torch.randint(self.num_entities, (count,), generator=generator)
         return corrupt_head, negatives
+
+    def sample_shared(self, batch: Tensor, chunk: int, generator: torch.Generator) -> tuple[Tensor, list[Tensor]]:
+        """(corrupt_head [B] bool, [tail-side negatives, head-side negatives]) with shared negatives: the
+        positives of each side, in batch order, form chunks of ``chunk``; each chunk shares one row of
+        ``negatives`` entities (a side with b positives gets ``[ceil(b / chunk), negatives]``)."""
+        corrupt_head = torch.rand(len(batch), generator=generator) < self.head_probability[batch[:, 1]]
+        heads = int(corrupt_head.sum())
+        shared = []
+        for count in (len(batch) - heads, heads):
+            chunks = -(-count // chunk)
+            shared.append(torch.randint(self.num_entities, (chunks, self.negatives), generator=generator))
+        return corrupt_head, shared
 
     def _is_known(self, batch: Tensor, corrupt_head: Tensor, negatives: Tensor) -> Tensor:
         h, r, t = (batch[:, i : i + 1].expand_as(negatives) for i in range(3))

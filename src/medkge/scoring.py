@@ -402,14 +402,23 @@ def dot_block(query: Tensor, candidates: Tensor, prefix: Prefix) -> Tensor:
     query ``[Q, parts, D]``, candidates ``[C, parts, D]`` -> ``[Q, C, n]``. One batched product per
     segment (the whole width at once when there is one segment), then a cumulative sum over segments.
     """
+    return dot_block_batched(query.unsqueeze(0), candidates.unsqueeze(0), prefix)[0]
+
+
+def dot_block_batched(query: Tensor, candidates: Tensor, prefix: Prefix) -> Tensor:
+    """:func:`dot_block` for a batch of blocks: ``[B, Q, parts, D]`` against ``[B, C, parts, D]`` -> ``[B, Q, C, n]``.
+
+    Differentiable (training with shared negatives scores each chunk's queries against its negatives so).
+    """
     width, g, segments = prefix.width, prefix.segment, prefix.segments
     q = query[..., :width]
     c = candidates[..., :width]
-    parts = q.shape[-2]
+    blocks, num_q, parts = q.shape[0], q.shape[1], q.shape[-2]
+    num_c = c.shape[1]
     if segments == 1:
-        return (q.reshape(len(q), -1) @ c.reshape(len(c), -1).T).unsqueeze(-1)
-    # [Q, parts, G, g] -> [G, Q, parts * g]
-    qs = q.unflatten(-1, (segments, g)).permute(2, 0, 1, 3).reshape(segments, len(q), parts * g)
-    cs = c.unflatten(-1, (segments, g)).permute(2, 1, 3, 0).reshape(segments, parts * g, len(c))
-    sums = torch.bmm(qs, cs)  # [G, Q, C]
-    return prefix.read(sums, dim=0).permute(1, 2, 0)
+        return (q.reshape(blocks, num_q, -1) @ c.reshape(blocks, num_c, -1).transpose(1, 2)).unsqueeze(-1)
+    # [B, Q, parts, G, g] -> [B * G, Q, parts * g] and [B * G, parts * g, C]
+    qs = q.unflatten(-1, (segments, g)).permute(0, 3, 1, 2, 4).reshape(blocks * segments, num_q, parts * g)
+    cs = c.unflatten(-1, (segments, g)).permute(0, 3, 2, 4, 1).reshape(blocks * segments, parts * g, num_c)
+    sums = torch.bmm(qs, cs).view(blocks, segments, num_q, num_c)  # [B, G, Q, C]
+    return prefix.read(sums, dim=1).permute(0, 2, 3, 1)

@@ -1,0 +1,151 @@
+"""Optimisers: PyTorch's fused dense Adam, and row-wise updates of the entity table for large graphs.
+
+A training step touches only the entity rows of its batch (about B * (1 + K) of them), but a dense
+optimiser reads and writes the whole table, its gradient and its state: O(entities) per step. On graphs
+of millions of entities medkge updates only the touched rows instead:
+
+- ``sparse_adam``: Adam with per-row moments, updated only for the rows a step touches ("lazy" Adam, the
+  update of ``torch.optim.SparseAdam``): a touched row gets exactly the dense Adam update of its gradient,
+  an untouched row and its moments stay as they are; bias correction counts the steps of the run.
+- ``row_adagrad``: row-wise Adagrad, PyTorch-BigGraph's choice and fbgemm's EXACT_ROWWISE_ADAGRAD: one
+  accumulator per row, ``state[row] += mean(g_row ** 2)``, ``row -= lr * g_row / (sqrt(state[row]) + eps)``.
+  Its state is one float per row instead of Adam's two per coordinate, so it fits where Adam does not.
+
+The relation table and the objective's few parameters are small and stay dense: Adam with
+``sparse_adam``, Adagrad (element-wise, as PyTorch-BigGraph) with ``row_adagrad``.
+:func:`choose` picks the optimiser for ``train.optimizer: auto`` (the rule and its measurements are in
+benchmarks/README.md, scale.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+OPTIMIZERS = ("auto", "adam", "sparse_adam", "row_adagrad")
+SPARSE = ("sparse_adam", "row_adagrad")
+# ``auto`` keeps dense Adam while the table has at most this many rows per row a step gathers: below it a
+# step touches a large share of the table anyway and one fused pass over everything is faster
+# (benchmarks/scale.py measures the two side by side).
+DENSE_ROWS_PER_TOUCHED_ROW = 4
+
+
+def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = True) -> torch.optim.Adam:
+    """Adam, fused into one kernel where PyTorch has one for the device (CPU, CUDA) unless ``fused`` is False.
+
+    The same update as the default implementation (to float rounding) in one pass over each table
+    instead of about ten (benchmarks/gradients.py measures the difference on a whole update).
+    """
+    params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]  # no generators
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+def choose(name: str, num_entities: int, rows_per_step: int, adam_fits: bool) -> str:
+    """The entity optimiser for ``train.optimizer`` ``name``: ``auto`` gives dense Adam on tables of at most
+    DENSE_ROWS_PER_TOUCHED_ROW rows per gathered row, lazy Adam above, row-wise Adagrad where Adam's two
+    moments per coordinate do not fit in memory (``adam_fits``)."""
+    if name != "auto":
+        return name
+    if num_entities <= DENSE_ROWS_PER_TOUCHED_ROW * rows_per_step:
+        return "adam"
+    return "sparse_adam" if adam_fits else "row_adagrad"
+
+
+class RowOptimizer:
+    """Updates the rows ``rows`` (distinct ids) of one table from their gradient ``grad [len(rows), ...]``."""
+
+    def __init__(self, table: Tensor):
+        self.table = table
+        self.steps = 0
+
+    def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The state to checkpoint (step count included)."""
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+
+class LazyAdam(RowOptimizer):
+    """Adam on the touched rows only: a touched row's update equals dense Adam's (torch.optim.Adam, no weight
+    decay, no amsgrad) for its gradient; untouched rows and their moments are left alone."""
+
+    def __init__(self, table: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(table)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.exp_avg = torch.zeros_like(table)
+        self.exp_avg_sq = torch.zeros_like(table)
+
+    @torch.no_grad()
+    def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
+        self.steps += 1
+        b1, b2 = self.beta1, self.beta2
+        m = self.exp_avg.index_select(0, rows).lerp_(grad, 1 - b1)
+        v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        self.exp_avg.index_copy_(0, rows, m)
+        self.exp_avg_sq.index_copy_(0, rows, v)
+        bias1 = 1 - b1**self.steps
+        bias2 = 1 - b2**self.steps
+        # dense Adam: p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)
+        denom = v.sqrt_().div_(math.sqrt(bias2)).add_(self.eps)
+        self.table.index_add_(0, rows, m.div_(denom), alpha=-lr / bias1)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.exp_avg.copy_(tensors["exp_avg"])
+        self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
+        self.steps = int(tensors["steps"])
+
+
+class RowAdagrad(RowOptimizer):
+    """Row-wise Adagrad: ``state[row] += mean(g_row ** 2)``, ``row -= lr * g_row / (sqrt(state[row]) + eps)``
+    (fbgemm's EXACT_ROWWISE_ADAGRAD, which TorchRec's fused tables run; PyTorch-BigGraph's RowAdagrad)."""
+
+    def __init__(self, table: Tensor, eps: float = 1e-8):
+        super().__init__(table)
+        self.eps = eps
+        self.state_sum = torch.zeros(table.shape[0], dtype=torch.float32, device=table.device)
+
+    @torch.no_grad()
+    def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
+        self.steps += 1
+        mean_square = grad.reshape(len(rows), -1).float().square().mean(1)
+        state = self.state_sum.index_select(0, rows).add_(mean_square)
+        self.state_sum.index_copy_(0, rows, state)
+        scale = state.sqrt_().add_(self.eps).reciprocal_().mul_(-lr).to(grad.dtype)
+        self.table.index_add_(0, rows, grad * scale.view(-1, *([1] * (grad.ndim - 1))))
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"state_sum": self.state_sum, "steps": torch.tensor(self.steps)}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.state_sum.copy_(tensors["state_sum"])
+        self.steps = int(tensors["steps"])
+
+
+def row_optimizer(name: str, table: Tensor) -> RowOptimizer:
+    """The row-wise optimiser ``name`` (sparse_adam, row_adagrad) of ``table``."""
+    if name == "sparse_adam":
+        return LazyAdam(table)
+    if name == "row_adagrad":
+        return RowAdagrad(table)
+    raise ValueError(f"not a row-wise optimiser: {name!r}")
+
+
+def dense_optimizer(name: str, params: list[dict[str, Any]], lr: float, fused: bool = True) -> torch.optim.Optimizer:
+    """The optimiser of the dense parameters (the relation table, the objective's weights) beside ``name``'s
+    entity optimiser: Adam, or Adagrad beside row-wise Adagrad."""
+    if name == "row_adagrad":
+        return torch.optim.Adagrad(params, lr=lr, eps=1e-8)
+    return adam(params, lr, fused=fused)

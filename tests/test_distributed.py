@@ -1,0 +1,198 @@
+"""Training on several processes with torchrun (gloo, 127.0.0.1): the same model as one rank, each rank holding
+its rows, resumable after SIGKILL, an ordinary run folder, and a clear stop when a rank dies."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import medkge
+from medkge import MedkgeError
+from medkge.files import read_jsonl
+
+torchrec = pytest.importorskip("torchrec", reason="the distributed extra is not installed")
+
+OPTIONS = ["--dataset", "kinships", "--dims", "4,8", "--batch-size", "512", "--negatives", "8", "--lr", "0.05"]
+OPTIONS += ["--set", "train.threads=1", "--quiet"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(ranks: int, *args: str, **popen) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={ranks}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "medkge",
+        *args,
+    ]
+
+
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+
+
+def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(torchrun(ranks, *args), env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("model", ["rotate", "transe"])
+def test_two_ranks_train_the_model_one_rank_trains_and_each_holds_half_the_rows(tmp_path, model):
+    options = [*OPTIONS, "--model", model, "--epochs", "2", "--eval-every", "0", "--set", "eval.test=false"]
+    run(1, "train", *options, "--out", str(tmp_path / "one"))
+    run(2, "train", *options, "--out", str(tmp_path / "two"))
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    start = medkge.Run.open(tmp_path / "two")  # an ordinary run folder
+    assert start.model.entity.shape == (104, 2 if model == "rotate" else 1, 8)
+    assert not torch.equal(one["entity"], torch.zeros_like(one["entity"]))
+    torch.testing.assert_close(two["entity"], one["entity"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two["relation"], one["relation"], rtol=1e-5, atol=1e-6)
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["optimizer"] == "row_adagrad"
+    assert results["entity_rows_by_rank"] == [[0, 52], [52, 104]]  # rank 0 holds rows 0..51, rank 1 the rest
+
+
+def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path):
+    options = [*OPTIONS, "--epochs", "5", "--eval-every", "2", "--set", "train.checkpoint_every=1"]
+    run(2, "train", *options, "--out", str(tmp_path / "reference"))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        torchrun(2, "train", *options, "--out", str(killed)),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        epochs = [r for r in read_jsonl(log) if r["type"] == "epoch"] if log.exists() else []
+        if len(epochs) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(epochs[-1]["seconds"] / 2)
+    kill_tree(proc.pid)  # torchrun and both ranks at once (torchrun starts each rank in a session of its own)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it was killed"
+    shutil.copytree(killed, tmp_path / "on-one-rank")
+    run(2, "train", "--resume", str(killed), "--quiet")
+    a, b = load_file(tmp_path / "reference" / "model.safetensors"), load_file(killed / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7)
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "triples_per_s")} for r in records]
+
+    assert strip(read_jsonl(killed / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "reference" / "metrics.jsonl"))
+    # the shards are row ranges: the same checkpoint resumes on another number of ranks, to float rounding
+    run(1, "train", "--resume", str(tmp_path / "on-one-rank"), "--quiet")
+    c = load_file(tmp_path / "on-one-rank" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(c[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_two_rank_run_folder_evaluates_in_one_process_to_the_recorded_metrics(tmp_path):
+    run(2, "train", *OPTIONS, "--epochs", "2", "--eval-every", "1", "--out", str(tmp_path / "run"))
+    opened = medkge.Run.open(tmp_path / "run")
+    for split in ("valid", "test"):
+        recorded, now = opened.metrics(split), opened.evaluate(split, progress=False)
+        for d in (4, 8):
+            for key in ("mrr", "mr", "hits@1", "hits@10"):
+                assert now[d][key] == pytest.approx(recorded[d][key], rel=1e-9, abs=1e-12)
+    sampled = ["--set", "eval.protocol=sampled", "--set", "eval.sampled_candidates=20"]
+    run(2, "train", *OPTIONS, "--epochs", "1", "--eval-every", "1", *sampled, "--out", str(tmp_path / "sampled"))
+    opened = medkge.Run.open(tmp_path / "sampled")
+    recorded, now = opened.metrics("test"), opened.evaluate("test", progress=False)
+    assert recorded.protocol == now.protocol == "sampled (20 candidates per side, seed 0)"
+    assert now[8]["mrr"] == pytest.approx(recorded[8]["mrr"], rel=1e-9)
+
+
+def test_a_rank_that_dies_stops_the_others_with_one_line_naming_it(tmp_path):
+    options = [*OPTIONS, "--epochs", "400", "--eval-every", "0", "--batch-size", "64"]
+    proc = subprocess.Popen(
+        torchrun(2, "train", *options, "--out", str(tmp_path / "run")),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        log = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 240
+        while time.time() < deadline and not (log.exists() and log.stat().st_size):
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        ranks = {int(_environ(pid).get("RANK", -1)): pid for pid in workers}
+        os.kill(ranks[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+    lines = [line for line in err.splitlines() if line.startswith("medkge: error:")]
+    assert lines and "rank 1 " in lines[0] and "rank 0 stops too" in lines[0], err[-2000:]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, the children first found, then all at once."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(_children(p))
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    for p in tree[1:]:  # wait until the ranks are gone (they are not our children)
+        deadline = time.time() + 30
+        while Path(f"/proc/{p}").exists() and time.time() < deadline:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_without_torchrec_distributed_training_says_what_to_install(tmp_path, monkeypatch):
+    from medkge import distributed
+
+    monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec now raises ImportError
+    with pytest.raises(MedkgeError, match=r"pip install 'medkge\[distributed\]'"):
+        distributed.train_distributed(medkge.Config(), tmp_path / "run", progress=False, resume=False)

@@ -1,0 +1,245 @@
+"""Large graphs: row-wise optimisers, shared negatives, the sampled protocol, memory known before it is spent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import medkge
+from medkge import CroppableModel, MedkgeError
+from medkge.cli import main
+from medkge.evaluation import evaluate
+from medkge.model import Group
+from medkge.optim import LazyAdam, RowAdagrad, choose
+
+from .conftest import random_dataset, train_tiny
+
+MODELS = [("transe", 1), ("transe", 2), ("distmult", 1), ("complex", 1), ("rotate", 1), ("simple", 1), ("pairre", 1)]
+
+
+# ---- row-wise optimisers -------------------------------------------------------------------------
+
+
+def test_lazy_adam_touching_every_row_is_dense_adam():
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 2, 5, generator=g, dtype=torch.float64)
+    dense = torch.nn.Parameter(start.clone())
+    reference = torch.optim.Adam([dense], lr=0.01, foreach=False)
+    table = start.clone()
+    lazy = LazyAdam(table)
+    for _ in range(4):
+        grad = torch.randn(6, 2, 5, generator=g, dtype=torch.float64)
+        dense.grad = grad.clone()
+        reference.step()
+        lazy.step(torch.arange(6), grad, 0.01)
+    torch.testing.assert_close(table, dense.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_lazy_adam_updates_the_touched_rows_by_the_formula_and_leaves_the_rest_alone():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(8, 1, 3, generator=g, dtype=torch.float64)
+    lazy = LazyAdam(table)
+    m, v, expected = torch.zeros_like(table), torch.zeros_like(table), table.clone()
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.05
+    for step, touched in enumerate(([0, 3, 5], [3, 6], [0, 6, 7]), start=1):
+        rows = torch.tensor(touched)
+        grad = torch.randn(len(rows), 1, 3, generator=g, dtype=torch.float64)
+        untouched = [i for i in range(8) if i not in touched]
+        before = table[untouched].clone(), lazy.exp_avg[untouched].clone(), lazy.exp_avg_sq[untouched].clone()
+        lazy.step(rows, grad, lr)
+        for j, i in enumerate(touched):  # the dense Adam update of this row's gradient, bias-corrected by step
+            m[i] = b1 * m[i] + (1 - b1) * grad[j]
+            v[i] = b2 * v[i] + (1 - b2) * grad[j] ** 2
+            expected[i] -= lr / (1 - b1**step) * m[i] / (v[i].sqrt() / math.sqrt(1 - b2**step) + eps)
+        torch.testing.assert_close(table, expected, rtol=1e-12, atol=1e-14)
+        assert torch.equal(table[untouched], before[0])
+        assert torch.equal(lazy.exp_avg[untouched], before[1]) and torch.equal(lazy.exp_avg_sq[untouched], before[2])
+
+
+def test_row_adagrad_equals_its_formula():
+    g = torch.Generator().manual_seed(2)
+    table = torch.randn(5, 2, 4, generator=g)
+    expected, state = table.clone().double(), torch.zeros(5, dtype=torch.float64)
+    adagrad = RowAdagrad(table)
+    for touched in ([1, 2], [2, 4], [0, 2]):
+        rows = torch.tensor(touched)
+        grad = torch.randn(len(rows), 2, 4, generator=g)
+        untouched = [i for i in range(5) if i not in touched]
+        before, before_state = table[untouched].clone(), adagrad.state_sum[untouched].clone()
+        adagrad.step(rows, grad, 0.1)
+        for j, i in enumerate(touched):  # state[row] += mean(g^2); row -= lr g / (sqrt(state) + eps)
+            state[i] += grad[j].double().square().mean()
+            expected[i] -= 0.1 * grad[j].double() / (state[i].sqrt() + 1e-8)
+        torch.testing.assert_close(table.double(), expected, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(adagrad.state_sum.double(), state, rtol=1e-6, atol=0)
+        assert torch.equal(table[untouched], before) and torch.equal(adagrad.state_sum[untouched], before_state)
+
+
+def test_auto_keeps_dense_adam_on_small_graphs():
+    assert choose("auto", 40_943, 1024 * 66, adam_fits=True) == "adam"
+    assert choose("auto", 2_000_000, 1024 * 66, adam_fits=True) == "sparse_adam"
+    assert choose("auto", 2_000_000, 1024 * 66, adam_fits=False) == "row_adagrad"
+    assert choose("row_adagrad", 10, 100, adam_fits=True) == "row_adagrad"
+
+
+def test_sparse_adam_trains_the_model_dense_adam_trains_when_every_step_touches_every_row(tmp_path):
+    """Nations has 14 entities: each batch reads all of them, so lazy and dense Adam make the same updates."""
+    options = {"dims": [4, 8], "epochs": 2, "eval_every": 0, "train.threads": 1}
+    dense = train_tiny(tmp_path / "dense", **options, **{"train.optimizer": "adam"})
+    sparse = train_tiny(tmp_path / "sparse", **options, **{"train.optimizer": "sparse_adam"})
+    assert sparse.results()["optimizer"] == "sparse_adam" and dense.results()["optimizer"] == "adam"
+    torch.testing.assert_close(sparse.model.entity, dense.model.entity, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sparse.model.relation, dense.model.relation, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sparse_adam", "row_adagrad"])
+@pytest.mark.parametrize("shared", [0, 16])
+def test_row_optimisers_and_shared_negatives_learn(tmp_path, optimizer, shared):
+    lr = 0.1 if optimizer == "row_adagrad" else 0.01
+    run = medkge.train(
+        dataset="kinships",
+        dims=[8, 32],
+        epochs=8,
+        lr=lr,
+        batch_size=512,
+        negatives=16,
+        eval_every=0,
+        out=tmp_path / "run",
+        progress=False,
+        **{"train.optimizer": optimizer, "train.shared_negatives": shared, "train.threads": 1},
+    )
+    mrr = run.metrics("test")[32]["mrr"]
+    assert mrr > 5 / 104  # random ranking among 104 entities gives about 0.05
+    assert run.config.train.optimizer == optimizer
+
+
+# ---- shared negatives ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "p"), MODELS)
+def test_shared_negatives_score_as_each_triple_scored_alone(name, p):
+    g = torch.Generator().manual_seed(3)
+    model = CroppableModel(name, 20, 4, [2, 6, 8], p=p, gamma=3.0, generator=g).double()
+    anchor, relation, true = (torch.randint(20 if i != 1 else 4, (7,), generator=g) for i in range(3))
+    shared = torch.randint(20, (3, 5), generator=g)  # chunks of 3 anchors: 3 + 3 + 1 (padded)
+    weights = torch.randn(7, 6, 3, generator=g, dtype=torch.float64)
+    for side in ("tail", "head"):
+        model.zero_grad()
+        fast = model.score_groups([Group(side, anchor, relation, true.unsqueeze(1), shared, chunk=3)])
+        (fast * weights).sum().backward()
+        grads = model.entity.grad.clone(), model.relation.grad.clone()
+        own = torch.cat([true.unsqueeze(1), shared[torch.arange(7) // 3]], dim=1)  # [7, 1 + 5]
+        model.zero_grad()
+        slow = model.score_groups([Group(side, anchor, relation, own)])
+        (slow * weights).sum().backward()
+        torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads[0], model.entity.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads[1], model.relation.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_shared_negatives_are_drawn_per_chunk_and_side():
+    from medkge.sampling import NegativeSampler
+
+    ds = random_dataset(30, 3, (100, 10, 10))
+    sampler = NegativeSampler(ds.train, 30, 3, negatives=7)
+    corrupt_head, shared = sampler.sample_shared(ds.train[:50].long(), 8, torch.Generator().manual_seed(0))
+    heads = int(corrupt_head.sum())
+    assert [x.shape for x in shared] == [(math.ceil((50 - heads) / 8), 7), (math.ceil(heads / 8), 7)]
+    with pytest.raises(MedkgeError, match="cannot filter shared negatives"):
+        medkge.Config().with_overrides({"train.shared_negatives": 8, "train.filter_negatives": True})
+
+
+# ---- the sampled protocol -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "p"), [("transe", 1), ("rotate", 1), ("distmult", 1), ("pairre", 1)])
+@pytest.mark.parametrize("ties", ["realistic", "optimistic", "pessimistic"])
+def test_sampled_evaluation_equals_a_brute_force_loop_over_the_same_candidates(name, p, ties):
+    from medkge.evaluation import SampledCandidates, unique_triples
+
+    ds = random_dataset(15, 3, (80, 20, 20), seed=4)
+    model = CroppableModel(name, 15, 3, [2, 4], p=p, gamma=2.0, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # ties, to check the tie rules: round the tables
+        model.entity.copy_((model.entity * 2).round() / 2)
+    metrics = evaluate(
+        model, ds, "test", ties=ties, protocol="sampled", sampled_candidates=12, sampled_seed=3, progress=False
+    )
+    known = {tuple(t) for t in unique_triples(ds.known_triples()).tolist()}
+    ranks = []
+    for side, index in (("head", 0), ("tail", 1)):
+        draw = SampledCandidates(15, 12, 3 * 2 + index)
+        cands = draw.for_queries(0, len(ds.test))
+        for i, (h, r, t) in enumerate(ds.test.tolist()):
+            true = model.score_hrt(torch.tensor([[h, r, t]]))[0]
+            higher, equal = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+            for c in cands[i].tolist():
+                triple = (c, r, t) if side == "head" else (h, r, c)
+                if triple in known:
+                    continue
+                s = model.score_hrt(torch.tensor([triple]))[0]
+                higher += (s > true).double()
+                equal += (s == true).double()
+            offset = {"realistic": equal / 2, "optimistic": 0, "pessimistic": equal}[ties]
+            ranks.append(1 + higher + offset)
+    ranks = torch.stack(ranks)
+    assert metrics.protocol == "sampled (12 candidates per side, seed 3)"
+    for j, d in enumerate([2, 4]):
+        assert metrics[d]["mrr"] == pytest.approx(float((1 / ranks[:, j]).mean()), rel=1e-9)
+        assert metrics[d]["mr"] == pytest.approx(float(ranks[:, j].mean()), rel=1e-9)
+
+
+def test_the_sampled_candidates_do_not_depend_on_blocking_and_the_protocol_is_recorded(tmp_path, capsys):
+    from medkge.evaluation import SampledCandidates
+
+    draw = SampledCandidates(1000, 7, 1)
+    whole = draw.for_queries(0, 600)
+    assert torch.equal(torch.cat([draw.for_queries(0, 250), draw.for_queries(250, 600)]), whole)
+    run = train_tiny(tmp_path / "run", dims=[4], epochs=1, **{"eval.protocol": "sampled", "eval.sampled_candidates": 5})
+    assert run.metrics("valid").protocol == run.metrics("test").protocol == "sampled (5 candidates per side, seed 0)"
+    assert main(["evaluate", str(run.path), "--protocol", "sampled", "--sampled-candidates", "3", "--quiet"]) == 0
+    assert "sampled (3 candidates per side, seed 0)" in capsys.readouterr().out
+    assert main(["evaluate", str(run.path), "--protocol", "full", "--quiet"]) == 0
+    assert "(filtered, realistic ranks) of" in capsys.readouterr().out
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+
+def test_an_impossible_run_is_refused_at_once_naming_what_to_change(tmp_path, capsys):
+    code = main(["train", "--dataset", "nations", "--dims", "8,100000000", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("medkge: error: this run needs about ")
+    assert "lower the widest dim" in err and not (tmp_path / "run").exists()
+    code = main(
+        ["train", "--dataset", "wn18rr", "--set", "train.memory_budget=1000000000", "--out", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "of 954 MiB (train.memory_budget)" in err and "share negatives" in err
+
+
+def test_the_estimate_grows_with_what_it_counts():
+    from medkge.memory import estimate
+
+    ds = medkge.load_dataset("wn18rr")
+    cfg = medkge.Config().with_overrides({"dataset": "wn18rr", "model.dims": "10:640:10"})
+    dense, lazy, rows = (estimate(cfg, ds, o) for o in ("adam", "sparse_adam", "row_adagrad"))
+    table = 40943 * 2 * 640 * 4
+    assert dense["entity table"] == table
+    assert dense["optimizer state"] > lazy["optimizer state"] > rows["optimizer state"]
+    shared = estimate(cfg.with_overrides({"train.shared_negatives": 64}), ds, "row_adagrad")
+    assert shared["step buffers"] < rows["step buffers"]
+
+
+def test_flushing_denormals_reaches_the_worker_threads():
+    from medkge import runtime
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # other tests may have set one thread
+    try:
+        assert runtime.flush_denormals()
+        tiny = torch.full((1 << 22,), 1e-39)  # subnormal in float32; parallel work splits it across threads
+        assert int((tiny * 1.0).count_nonzero()) == 0
+    finally:
+        torch.set_num_threads(threads)
