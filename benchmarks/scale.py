@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py load                 # 50M triples: parse, then load from the cache
     python benchmarks/scale.py steps                # s/step, triples/s, peak memory per size and optimiser
-    python benchmarks/scale.py denormals            # the cost of subnormal floats, and the flush
+    python benchmarks/scale.py denormals            # the cost of subnormal floats, the flush, gamma 12 vs 6
     python benchmarks/scale.py quality --datasets wn18rr,fb15k237 --epochs 8   # shared negatives' effect
 
 The graphs come from benchmarks/synthetic.py (planted structure, power-law degrees), written once under
@@ -25,6 +25,8 @@ from pathlib import Path
 
 SIZES = {
     "40k": (40_943, 290_000),
+    "150k": (150_000, 1_070_000),
+    "300k": (300_000, 2_150_000),
     "500k": (500_000, 3_600_000),
     "2m": (2_000_000, 14_300_000),
     "7m": (7_000_000, 50_000_000),
@@ -64,14 +66,25 @@ def child_load(folder: str, cache: bool) -> dict:
     }
 
 
+def med_trainer(cfg, ds, optimizer: str, tag: str):
+    """medkge's own Trainer of MED for ``cfg`` (files under /tmp, never written by the steps timed here)."""
+    from medkge.losses import MEDObjective
+    from medkge.training import Trainer, build_model
+
+    model = build_model(cfg, ds)
+    tmp = Path(f"/tmp/medkge-scale-{tag}")
+    paths = {"model_path": tmp / "m", "checkpoint_path": tmp / "c", "log_path": tmp / "l"}
+    return Trainer(
+        cfg, ds, model, MEDObjective(model.dims, cfg.loss, cfg.med), **paths, progress=False, optimizer=optimizer
+    )
+
+
 def child_steps(folder: str, optimizer: str, shared: int, steps: int, threads: int) -> dict:
     """Time ``steps`` training steps at the widest width up to 640 whose estimate fits the memory available."""
     import torch
 
     import medkge
     from medkge import memory, runtime
-    from medkge.losses import MEDObjective
-    from medkge.training import Trainer, build_model
 
     torch.set_num_threads(threads)
     runtime.keep_freed_memory()
@@ -95,20 +108,7 @@ def child_steps(folder: str, optimizer: str, shared: int, steps: int, threads: i
             break  # only row-wise Adagrad is narrowed to fit: the other optimisers are compared at 640
     if sum(estimate.values()) > available:
         return {"skip": sum(estimate.values()), "available": available + MARGIN, "entities": ds.num_entities}
-    model = build_model(cfg, ds)
-    objective = MEDObjective(model.dims, cfg.loss, cfg.med)
-    tmp = Path(f"/tmp/medkge-scale-child-{optimizer}-{shared}")
-    trainer = Trainer(
-        cfg,
-        ds,
-        model,
-        objective,
-        model_path=tmp / "m",
-        checkpoint_path=tmp / "c",
-        log_path=tmp / "l",
-        progress=False,
-        optimizer=optimizer,
-    )
+    trainer = med_trainer(cfg, ds, optimizer, f"child-{optimizer}-{shared}")
     g = torch.Generator().manual_seed(1)
     times = []
     for i in range(steps + 2):
@@ -126,6 +126,41 @@ def child_steps(folder: str, optimizer: str, shared: int, steps: int, threads: i
         "tables": estimate["entity table"] + estimate["relation table"],
         "entities": ds.num_entities,
         "width": width,
+    }
+
+
+def child_gamma(gamma: float, flush: bool, threads: int, steps: int) -> dict:
+    """WN18RR, MED RotatE 10..640, dense Adam lr 0.01: s/step of the first 10 steps and of steps 21..``steps``
+    at RotatE's margin ``gamma``, subnormals flushed or not, and the positive scores reached."""
+    import torch
+
+    import medkge
+    from medkge import runtime
+
+    torch.set_num_threads(threads)
+    runtime.keep_freed_memory()
+    if flush:
+        runtime.flush_denormals()
+    ds = medkge.load_dataset("wn18rr")
+    overrides = {"dataset": "wn18rr", "model.dims": "10:640:10", "model.gamma": gamma, "train.optimizer": "adam"}
+    cfg = medkge.Config().with_overrides({**overrides, "train.lr": 0.01, "eval.every": 0})
+    torch.manual_seed(0)
+    trainer = med_trainer(cfg, ds, "adam", "gamma")
+    model = trainer.model
+    g = torch.Generator().manual_seed(1)
+    times = []
+    for _ in range(steps):
+        index = torch.randint(len(ds.train), (cfg.train.batch_size,), generator=g)
+        started = time.perf_counter()
+        trainer.step(ds.train[index], cfg.train.lr)
+        times.append(time.perf_counter() - started)
+    with torch.no_grad():
+        scores = model.score_hrt(ds.train[:1024])
+    return {
+        "first": sorted(times[:10])[5],
+        "later": sorted(times[20:])[len(times[20:]) // 2],
+        "min_score": float(scores.min()),
+        "median_score": float(scores.median()),
     }
 
 
@@ -164,6 +199,7 @@ def bench_load(args: argparse.Namespace) -> None:
 
 def bench_steps(args: argparse.Namespace) -> None:
     sizes = args.sizes.split(",")
+    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variants.split(",")]
     print(f"RotatE, batch 1024 x (1 + 64), {args.threads} threads, median of {args.steps} steps, fresh process each\n")
     header = (
         "| entities | width | optimizer | shared negatives | s/step | triples/s | peak RSS (GiB) | estimate (GiB) |"
@@ -173,7 +209,7 @@ def bench_steps(args: argparse.Namespace) -> None:
     for _ in range(args.repeats):
         for size in sizes:
             folder = data_folder(args.data, size)
-            for optimizer, shared in VARIANTS:
+            for optimizer, shared in variants:
                 r = in_child("child_steps", str(folder), optimizer, shared, args.steps, args.threads)
                 cells = [f"{SIZES[size][0]:,}", str(r.get("width", 640)), optimizer, str(shared or "no")]
                 if "error" in r:
@@ -199,6 +235,7 @@ from medkge import runtime
 from medkge.config import Config
 from medkge.losses import MEDObjective
 torch.set_num_threads(int(sys.argv[2]))
+runtime.keep_freed_memory()
 if sys.argv[1] == "flush":
     runtime.flush_denormals()
 cfg = Config()
@@ -207,14 +244,14 @@ g = torch.Generator().manual_seed(0)
 for centre in (-1.0, -30.0, -90.0):
     scores = (torch.randn(1024, 65, 64, generator=g) * 3 + centre).requires_grad_()
     times = []
-    for _ in range(7):
+    for _ in range(9):  # two warm-up passes, then 7 timed
         started = time.perf_counter()
         loss, _ = objective(scores)
         loss.backward()
         times.append(time.perf_counter() - started)
-    print(sys.argv[1], centre, sorted(times)[3] * 1000)
+    print(sys.argv[1], centre, sorted(times[2:])[3] * 1000)
 """
-    rows: dict[float, dict[str, float]] = {}
+    rows: dict[float, dict[str, list[float]]] = {}
     for _ in range(args.repeats):
         for mode in ("plain", "flush"):
             out = subprocess.run(
@@ -222,37 +259,54 @@ for centre in (-1.0, -30.0, -90.0):
             )
             for line in out.stdout.splitlines():
                 m, centre, ms = line.split()
-                rows.setdefault(float(centre), {})[m] = float(ms)
+                rows.setdefault(float(centre), {}).setdefault(m, []).append(float(ms))
     print(f"MED objective (forward + backward), scores [1024, 65, 64] ~ N(centre, 3), {args.threads} threads,")
-    print("median of 7\n")
+    print(f"median of 7 in a process, median over {args.repeats} processes per mode (alternating)\n")
     print("| scores around | subnormals computed (ms) | flushed to zero (ms) | ratio |")
     print("|---:|---:|---:|---:|")
     for centre, r in rows.items():
-        print(f"| {centre:.0f} | {r['plain']:.1f} | {r['flush']:.1f} | {r['plain'] / r['flush']:.2f}x |")
+        plain, flush = (sorted(r[m])[len(r[m]) // 2] for m in ("plain", "flush"))
+        print(f"| {centre:.0f} | {plain:.1f} | {flush:.1f} | {plain / flush:.2f}x |")
+    print(f"\nWN18RR training steps, MED RotatE 10..640, Adam lr 0.01, {args.threads} threads, fresh process each:\n")
+    print("| gamma | subnormals | s/step, steps 1-10 | s/step, steps 21-40 | positive scores at step 40: min, median |")
+    print("|---:|---|---:|---:|---|")
+    for flush in (False, True):
+        for gamma in (12.0, 6.0):
+            r = in_child("child_gamma", gamma, flush, args.threads, 40)
+            if "error" in r:
+                print(f"| {gamma:g} | {'flushed' if flush else 'computed'} | failed: {r['error'][:150]} | | |")
+                continue
+            print(
+                f"| {gamma:g} | {'flushed' if flush else 'computed'} | {r['first']:.3f} | {r['later']:.3f} "
+                f"| {r['min_score']:.1f}, {r['median_score']:.1f} |",
+                flush=True,
+            )
 
 
 def bench_quality(args: argparse.Namespace) -> None:
-    """Shared negatives (and lazy Adam) against the defaults, same epochs, on real benchmarks."""
+    """Shared negatives against each positive's own negatives, same epochs, on real benchmarks: MRR per dim
+    on validation (the run's validation at its last epoch) and on test. ``--report-only`` trains nothing and
+    reports the runs in ``--out`` as far as they got (a run stopped during its final test has no test row)."""
+    import json
+
     import medkge
 
     variants = {
-        "own negatives, adam": {},
-        "shared negatives (64 per chunk), adam": {"train.shared_negatives": 64},
-        "own negatives, sparse_adam": {"train.optimizer": "sparse_adam"},
+        "own negatives": {},
+        "shared negatives (64 per chunk)": {"train.shared_negatives": 64},
     }
     settings = {"wn18rr": {"lr": 0.005, "loss.alpha": 0.5}, "fb15k237": {"lr": 0.005, "gamma": 9.0}}
+    dims = [10, 20, 40, 80, 160, 320, 640]
     for name in args.datasets.split(","):
         rows = {}
         for label, extra in variants.items():
-            if name != "wn18rr" and "sparse_adam" in label:
-                continue
-            folder = (
-                Path(args.out) / f"{name}-{label.replace(' ', '').replace(',', '-').replace('(', '').replace(')', '')}"
-            )
+            # the folder names of the first runs, which spelt the optimiser out
+            tag = label.replace(" ", "").replace("(", "").replace(")", "")
+            folder = Path(args.out) / f"{name}-{tag}-adam"
             options = {
                 "dataset": name,
                 "model": "rotate",
-                "dims": [10, 20, 40, 80, 160, 320, 640],
+                "dims": dims,
                 "epochs": args.epochs,
                 "eval_every": args.epochs,
                 "patience": 0,
@@ -260,24 +314,27 @@ def bench_quality(args: argparse.Namespace) -> None:
                 **settings.get(name, {}),
                 **extra,
             }
-            if (folder / "results.json").is_file():
-                run = medkge.Run.open(folder)
+            if args.report_only:
+                if not (folder / "metrics.jsonl").is_file():
+                    continue
+            elif (folder / "results.json").is_file():
+                pass
             elif (folder / "config.yaml").is_file():
-                run = medkge.resume(folder)
+                medkge.resume(folder)
             else:
-                run = medkge.train(**options, out=folder)
-            rows[label] = run.results()
-        print(f"\n### {name}: MED RotatE, {args.epochs} epochs, test MRR per dim; training seconds\n")
-        dims = [10, 40, 160, 640]
-        print("| variant | " + " | ".join(map(str, dims)) + " | train s | s per epoch |")
-        print("|---|" + "---:|" * (len(dims) + 2))
-        for label, r in rows.items():
-            mrr = [f"{r['test']['dims'][str(d)]['mrr']:.3f}" for d in dims]
-            print(
-                f"| {label} | "
-                + " | ".join(mrr)
-                + f" | {r['train_seconds']:.0f} | {r['train_seconds'] / r['epochs']:.1f} |"
-            )
+                medkge.train(**options, out=folder)
+            records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            valid = [r for r in records if r.get("type") == "valid"]
+            done = folder / "results.json"
+            rows[label] = (valid[-1] if valid else None, json.loads(done.read_text()) if done.is_file() else None)
+        print(f"\n### {name}: MED RotatE, {args.epochs} epochs, filtered MRR per dim\n")
+        print("| variant | split | " + " | ".join(map(str, dims)) + " |")
+        print("|---|---|" + "---:|" * len(dims))
+        for label, (valid, results) in rows.items():
+            for split, per_dim in (("valid", valid and valid["dims"]), ("test", results and results["test"]["dims"])):
+                if per_dim:
+                    mrr = [f"{per_dim[str(d)]['mrr']:.3f}" for d in dims]
+                    print(f"| {label} | {split} | " + " | ".join(mrr) + " |")
 
 
 def main() -> None:
@@ -286,11 +343,17 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/tmp/medkge-scale"))
     p.add_argument("--sizes", default="40k,500k,2m,7m")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--variants",
+        default=",".join(f"{o}:{k}" for o, k in VARIANTS),
+        help="optimizer:shared_negatives pairs for steps",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--datasets", default="wn18rr,fb15k237")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--out", default="runs/scale-quality")
+    p.add_argument("--report-only", action="store_true", help="quality: report the runs in --out, train nothing")
     args = p.parse_args()
     {"load": bench_load, "steps": bench_steps, "denormals": bench_denormals, "quality": bench_quality}[args.what](args)
 

@@ -179,7 +179,18 @@ def _advice(cfg: Config, result: MemoryEstimate) -> str:
 
 
 def peak_rss() -> int:
-    """The process's peak resident memory in bytes (Linux)."""
+    """The process's peak resident memory in bytes.
+
+    On Linux the high-water mark of this program's own memory (``VmHWM``): ``ru_maxrss`` survives ``exec``
+    and so reports the parent's resident memory at the fork when that was larger (a benchmark's children
+    would show their launcher's peak).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     scale = 1 if os.uname().sysname == "Darwin" else 1024

@@ -28,9 +28,10 @@ from torch import Tensor
 OPTIMIZERS = ("auto", "adam", "sparse_adam", "row_adagrad")
 SPARSE = ("sparse_adam", "row_adagrad")
 # ``auto`` keeps dense Adam while the table has at most this many rows per row a step gathers: below it a
-# step touches a large share of the table anyway and one fused pass over everything is faster
-# (benchmarks/scale.py measures the two side by side).
-DENSE_ROWS_PER_TOUCHED_ROW = 4
+# step touches a large share of the table anyway and one fused pass over everything is faster. Measured
+# (benchmarks/scale.py steps, RotatE 10..640, 67,584 rows a step): dense Adam faster at 150k and 300k
+# entities (2.2 and 4.4 rows per gathered row), lazy Adam faster at 500k (7.4); 6 lies between.
+DENSE_ROWS_PER_TOUCHED_ROW = 6
 
 
 def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = True) -> torch.optim.Adam:
