@@ -71,7 +71,7 @@ from .losses import MEDObjective
 from .model import BlockScorer, CroppableModel, Group
 from .run import CHECKPOINT_FILE, CHECKPOINTS_DIR, CONFIG_FILE, LOG_FILE, RESULTS_FILE, eval_protocol, model_checksums
 from .sampling import NegativeSampler
-from .training import Batch, Trainer, TrainState, make_batch
+from .training import Batch, Trainer, TrainState, make_batch, optimizer_state, optimizer_tensors
 
 INSTALL = (
     "distributed training needs TorchRec: pip install 'medkge[distributed]' and then "
@@ -471,9 +471,7 @@ class DistributedTrainer(Trainer):
             for i, p in enumerate(self.extra_parameters):
                 tensors[f"extra.{i}"] = p
             optim = self.optimizer.state_dict()
-            for index, state in optim["state"].items():
-                for key, value in state.items():
-                    tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+            tensors |= optimizer_tensors(optim)
             shards = {"step": step, "world": self.cluster.world, "ranges": ranges}
             shards |= {"shape": list(self.entities.shape), "optimizer": self.optimizer_name}
             metadata = {"state": self.state.__dict__, "param_groups": optim["param_groups"], "distributed": shards}
@@ -500,12 +498,7 @@ class DistributedTrainer(Trainer):
             self.model.relation.copy_(tensors["model.relation"])
             for i, p in enumerate(self.extra_parameters):
                 p.copy_(tensors[f"extra.{i}"])
-        optim_state: dict[int, dict[str, Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                optim_state.setdefault(int(index), {})[name] = value
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": metadata["param_groups"]})
+        self.optimizer.load_state_dict({"state": optimizer_state(tensors), "param_groups": metadata["param_groups"]})
         self.state = TrainState(**metadata["state"])
         if self.cluster.rank == 0:
             truncate_jsonl(self.log_path, self.state.log_lines)

@@ -398,9 +398,7 @@ class Trainer:
         for i, p in enumerate(self.extra_parameters):
             tensors[f"extra.{i}"] = p
         optim = self.optimizer.state_dict()
-        for index, state in optim["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors |= optimizer_tensors(optim)
         if self.rows is not None:
             tensors |= {f"rows.{key}": value for key, value in self.rows.state_tensors().items()}
         tensors["generator"] = self.generator.get_state()
@@ -422,11 +420,7 @@ class Trainer:
                 self.model.relation.copy_(tensors["model.relation"])
                 for i, p in enumerate(self.extra_parameters):
                     p.copy_(tensors[f"extra.{i}"])
-            optim_state: dict[int, dict[str, Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("optim."):
-                    _, index, name = key.split(".", 2)
-                    optim_state.setdefault(int(index), {})[name] = value
+            optim_state = optimizer_state(tensors)
             # how Adam runs (fused or not) follows this run's config, not the checkpoint's
             keys = ("fused", "foreach", "capturable", "differentiable")
             implementation = [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
@@ -446,6 +440,26 @@ class Trainer:
         # what the interrupted run logged after its last checkpoint will be logged again: drop it
         truncate_jsonl(self.log_path, self.state.log_lines)
         self.log_lines = self.state.log_lines
+
+
+def optimizer_tensors(state_dict: dict[str, Any]) -> dict[str, Tensor]:
+    """An optimizer state dict's ``state`` as checkpoint tensors ``optim.<index>.<name>`` (optimizer_state reads
+    them back; the param_groups go into the checkpoint's metadata)."""
+    return {
+        f"optim.{index}.{key}": torch.as_tensor(value)
+        for index, state in state_dict["state"].items()
+        for key, value in state.items()
+    }
+
+
+def optimizer_state(tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]:
+    """The ``state`` of an optimizer's state dict from a checkpoint's ``optim.<index>.<name>`` tensors."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return state
 
 
 def build_model(
