@@ -204,6 +204,20 @@ def test_the_sampled_candidates_do_not_depend_on_blocking_and_the_protocol_is_re
     assert "(filtered, realistic ranks) of" in capsys.readouterr().out
 
 
+def test_validations_can_use_the_sampled_protocol_while_the_test_stays_full(tmp_path):
+    options = {"eval.valid_protocol": "sampled", "eval.sampled_candidates": 6, "eval.test": True}
+    run = train_tiny(tmp_path / "run", dims=[2, 4], epochs=2, **options)
+    assert run.metrics("valid").protocol == "sampled (6 candidates per side, seed 0)"
+    assert run.metrics("test").protocol == "full"
+    # the recorded validation is the kept model's, under the sampled protocol; the test is the full ranking
+    kept = run.model
+    sampled = evaluate(kept, run.dataset(), "valid", protocol="sampled", sampled_candidates=6, progress=False)
+    assert sampled.to_dict() == run.metrics("valid").to_dict()
+    assert evaluate(kept, run.dataset(), "test", progress=False).to_dict() == run.metrics("test").to_dict()
+    with pytest.raises(MedkgeError, match="valid_protocol"):
+        medkge.Config().with_overrides({"eval.valid_protocol": "half"})
+
+
 # ---- memory -------------------------------------------------------------------------------------
 
 

@@ -150,6 +150,11 @@ class EvalConfig:
         "full: rank the true entity among all entities; sampled: among eval.sampled_candidates corrupted entities "
         "per query and side, drawn once (ogbl-wikikg2's protocol, for graphs too large to rank fully); both filtered",
     )
+    valid_protocol: Literal["same", "full", "sampled"] = _opt(
+        "same",
+        "protocol of the validations during training: same (eval.protocol), full, or sampled (a cheap early-"
+        "stopping signal where full validation costs more than the epochs between; the test keeps eval.protocol)",
+    )
     sampled_candidates: int = _opt(1000, "sampled protocol: corrupted candidates per query and side", min=1)
     sampled_seed: int = _opt(0, "sampled protocol: seed of the candidate sets (the same sets at every validation)")
     memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)

@@ -558,7 +558,7 @@ def sharded_evaluate(trainer: DistributedTrainer, split: str) -> Metrics:
     with torch.no_grad():
         local.relation.copy_(model.relation.detach())
     scorer = BlockScorer(local, budget=cfg.eval.memory_budget)
-    protocol = eval_protocol(cfg)
+    protocol = eval_protocol(cfg, split=split)
     triples = dataset.split(split).long()
     known = unique_triples(dataset.known_triples())
     ranks = {}

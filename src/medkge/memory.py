@@ -103,7 +103,8 @@ def estimate(cfg: Config, dataset: Dataset, optimizer: str, world: int = 1) -> d
     evaluates = cfg.eval.every or cfg.eval.test
     # the filter index and sorted keys; the full protocol also scores against an interleaved copy of the
     # table (element-wise kernels) or, for PairRE, a normalised one
-    copy = entity if cfg.eval.protocol == "full" and (it.kernel != "dot" or it.normalizes_entities) else 0
+    full = "full" in (cfg.eval.protocol, cfg.eval.valid_protocol)
+    copy = entity if full and (it.kernel != "dot" or it.normalizes_entities) else 0
     parts["evaluation"] = triples * 56 + copy if evaluates else 0
     parts["process"] = _PROCESS
     return parts

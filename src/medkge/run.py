@@ -48,10 +48,17 @@ def check_checksums(folder: Path, files: Sequence[Path], recorded: dict[str, str
 
 
 def eval_protocol(
-    config: Config, protocol: str | None = None, candidates: int | None = None, seed: int | None = None
+    config: Config,
+    protocol: str | None = None,
+    candidates: int | None = None,
+    seed: int | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """The evaluation protocol options of a run's config (``eval.protocol`` and its sampled settings), overridden."""
+    """The evaluation protocol options of a run's config (``eval.protocol`` and its sampled settings, or
+    ``eval.valid_protocol`` for the validations during training), overridden."""
     ec = config.eval
+    if split == "valid" and ec.valid_protocol != "same":
+        protocol = protocol or ec.valid_protocol
     return {
         "protocol": protocol or ec.protocol,
         "sampled_candidates": candidates or ec.sampled_candidates,

@@ -316,7 +316,7 @@ class Trainer:
             ties=self.cfg.eval.ties,
             memory_budget=self.cfg.eval.memory_budget,
             progress=self.progress,
-            **eval_protocol(self.cfg),
+            **eval_protocol(self.cfg, split="valid"),
         )
 
     def keep_model(self) -> None:
