@@ -16,13 +16,17 @@ over the seeds): the table and plot land in ``--results`` (docs/results/ by defa
 Kinships and WN18RR train MED, DT, BKD and DualDE, UMLS and FB15k-237 MED and DT; each dataset also the
 ablations SETTINGS lists for it (Kinships all of them). Runs are folders ``<dataset>-<model>-<method or
 ablation>-seed<seed>`` under ``--out``; runs already finished there are reused and interrupted ones resumed,
-so the script can be re-run (and stopped at any time).
+so the script can be re-run (and stopped at any time). Each finished run's record (``config.yaml``,
+``results.json``, ``metrics.jsonl``: no weights) is copied to ``runs/`` in its dataset's results folder, and
+a run whose folder is gone is read from there: a committed comparison can gain seeds, methods or ablations
+later without training again what it already holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import medkge
@@ -105,13 +109,31 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def train_or_reuse(folder: Path, **options) -> medkge.Run:
-    if (folder / "results.json").is_file():
-        return medkge.Run.open(folder)
-    if (folder / "config.yaml").is_file():
-        return medkge.resume(folder, progress=False)
-    print(f"training {folder}", flush=True)
-    return medkge.train(**options, out=folder, progress=False)  # progress: the run's metrics.jsonl
+RECORD_FILES = ("config.yaml", "results.json", "metrics.jsonl")
+
+
+def train_or_reuse(folder: Path, record: Path, **options) -> Path:
+    """Train the run in ``folder``, resume it, or reuse it (finished there, or only its record left);
+    returns ``record``, the copy of the finished run's files that the comparison reads."""
+    if not folder.exists() and (record / "results.json").is_file():
+        return record  # trained by an earlier invocation, weights gone: its record is what a comparison needs
+    if not (folder / "results.json").is_file():
+        if (folder / "config.yaml").is_file():
+            medkge.resume(folder, progress=False)
+        else:
+            teacher = options.get("distill.teacher")
+            if teacher and not (Path(teacher) / "results.json").is_file():
+                raise SystemExit(
+                    f"{folder.name} distils DT's trained run {teacher}, which is not there (a record "
+                    "holds no weights): remove DT's record under runs/ in the results to train it again"
+                )
+            print(f"training {folder}", flush=True)
+            medkge.train(**options, out=folder, progress=False)  # progress: the run's metrics.jsonl
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, record / name)
+    return record
 
 
 def gap_table(med: MethodSummary, base: MethodSummary, dims: list[int]) -> str:
@@ -173,7 +195,8 @@ def main() -> None:
         methods = settings.get("methods", "med,dt,bkd,dualde") if args.methods is None else args.methods
         ablations = settings.get("ablations", "") if args.ablations is None else args.ablations
         tags = [*filter(None, methods.split(",")), *filter(None, ablations.split(","))]
-        folders: dict[str, list[Path]] = {}  # per tag, one run per seed
+        results = Path(args.results) / (name if args.model == "rotate" else f"{name}-{args.model}")
+        folders: dict[str, list[Path]] = {}  # per tag, one record per seed
         for tag in tags:
             for seed in seeds:
                 folder = out / f"{name}-{args.model}-{tag}-seed{seed}"
@@ -184,15 +207,14 @@ def main() -> None:
                     run_options |= {"method": tag, "dims": MED_DIMS if tag == "med" else dims}
                 if tag in ("bkd", "dualde"):
                     run_options["distill.teacher"] = str(out / f"{name}-{args.model}-dt-seed{seed}")
-                train_or_reuse(folder, **run_options)
-                folders.setdefault(tag, []).append(folder)
+                record = train_or_reuse(folder, results / "runs" / folder.name, **run_options)
+                folders.setdefault(tag, []).append(record)
         # one method per tag, whatever the configs: an ablation equal to the default stays its own row
         by_tag = {tag: summarize(runs, labels=[tag] * len(runs))[0] for tag, runs in folders.items()}
         labels = {tag: method_label(Config.from_yaml(runs[0] / "config.yaml")) for tag, runs in folders.items()}
         repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
         labels = {tag: f"{label} [{tag}]" if label in repeated else label for tag, label in labels.items()}
         paths = [f for runs in folders.values() for f in runs]
-        results = Path(args.results) / (name if args.model == "rotate" else f"{name}-{args.model}")
         per_run = [labels[tag] for tag, runs in folders.items() for _ in runs]
         table = compare(paths, results, dims=dims, labels=per_run)  # the rows: DT's dims
         if "med" in by_tag and "med-base-loss-only" in by_tag:

@@ -97,3 +97,49 @@ def test_labels_name_the_switched_parts_of_med():
     assert method_label(Config().with_overrides({"model.dims": [10, 40, 160, 640]})) == "MED (4 sub-models)"
     assert method_key(Config().with_overrides({"train.seed": 3, "train.threads": 1})) == method_key(Config())
     assert method_key(Config().with_overrides({"train.lr": 0.5})) != method_key(Config())
+
+
+def _quality_benchmark():
+    """benchmarks/quality.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_reassembles_a_comparison_from_its_records(tmp_path, monkeypatch, capsys):
+    import shutil
+    import sys
+
+    quality = _quality_benchmark()
+
+    def trained() -> int:  # runs the last invocation trained, from its "training FOLDER" lines
+        return sum(line.startswith("training /") for line in capsys.readouterr().out.splitlines())
+
+    out, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["quality.py", "--datasets", "nations", "--methods", "med,dt", "--ablations", "", "--dt-dims", "10,20"]
+    argv += ["--epochs", "1", "--out", str(out), "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", argv)
+    quality.main()
+    assert trained() == 2
+    table = (results / "nations" / "comparison.csv").read_text()
+    for run in ("nations-rotate-med-seed0", "nations-rotate-dt-seed0"):
+        record = results / "nations" / "runs" / run
+        assert sorted(p.name for p in record.iterdir()) == ["config.yaml", "metrics.jsonl", "results.json"]
+    # the run folders (weights and all) gone: the records alone give the same comparison, nothing retrained
+    shutil.rmtree(out)
+    quality.main()
+    assert trained() == 0
+    assert (results / "nations" / "comparison.csv").read_text() == table
+    # an ablation added later trains only itself, beside the records of the others
+    monkeypatch.setattr(sys, "argv", [*argv[:6], "med-no-ml", *argv[7:]])
+    quality.main()
+    assert trained() == 1
+    assert "MED (no ML)" in (results / "nations" / "comparison.md").read_text()
+    monkeypatch.setattr(sys, "argv", [*argv[:4], "med,dt,bkd", *argv[5:]])
+    with pytest.raises(SystemExit, match="distils DT's trained run"):
+        quality.main()  # BKD needs DT's weights, which a record does not hold
