@@ -32,6 +32,7 @@ from pathlib import Path
 import medkge
 from medkge.compare import MethodSummary, compare, method_label, summarize
 from medkge.config import Config
+from medkge.run import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
 # Per dataset: the options every method shares, the dims DT and the distillations train, the methods and
@@ -109,20 +110,20 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-RECORD_FILES = ("config.yaml", "results.json", "metrics.jsonl")
+RECORD_FILES = (CONFIG_FILE, RESULTS_FILE, LOG_FILE)
 
 
 def train_or_reuse(folder: Path, record: Path, **options) -> Path:
     """Train the run in ``folder``, resume it, or reuse it (finished there, or only its record left);
     returns ``record``, the copy of the finished run's files that the comparison reads."""
-    if not folder.exists() and (record / "results.json").is_file():
+    if not folder.exists() and (record / RESULTS_FILE).is_file():
         return record  # trained by an earlier invocation, weights gone: its record is what a comparison needs
-    if not (folder / "results.json").is_file():
-        if (folder / "config.yaml").is_file():
+    if not (folder / RESULTS_FILE).is_file():
+        if (folder / CONFIG_FILE).is_file():
             medkge.resume(folder, progress=False)
         else:
             teacher = options.get("distill.teacher")
-            if teacher and not (Path(teacher) / "results.json").is_file():
+            if teacher and not (Path(teacher) / RESULTS_FILE).is_file():
                 raise SystemExit(
                     f"{folder.name} distils DT's trained run {teacher}, which is not there (a record "
                     "holds no weights): remove DT's record under runs/ in the results to train it again"
@@ -167,7 +168,7 @@ def budget_table(folders: dict[str, list[Path]]) -> str:
     ]
     for runs in folders.values():
         for folder in runs:
-            r = json.loads((folder / "results.json").read_text())
+            r = json.loads((folder / RESULTS_FILE).read_text())
             parts = [(d, m) for d, m in r.get("per_dim", {}).items()] or [("", r)]
             epochs = ", ".join(f"{d + ': ' if d else ''}{m['epochs']} ({m['best_epoch']})" for d, m in parts)
             early = ", ".join(str(bool(m.get("stopped_early"))).lower() for _, m in parts)
@@ -211,7 +212,7 @@ def main() -> None:
                 folders.setdefault(tag, []).append(record)
         # one method per tag, whatever the configs: an ablation equal to the default stays its own row
         by_tag = {tag: summarize(runs, labels=[tag] * len(runs))[0] for tag, runs in folders.items()}
-        labels = {tag: method_label(Config.from_yaml(runs[0] / "config.yaml")) for tag, runs in folders.items()}
+        labels = {tag: method_label(Config.from_yaml(runs[0] / CONFIG_FILE)) for tag, runs in folders.items()}
         repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
         labels = {tag: f"{label} [{tag}]" if label in repeated else label for tag, label in labels.items()}
         paths = [f for runs in folders.values() for f in runs]
