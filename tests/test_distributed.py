@@ -196,3 +196,20 @@ def test_without_torchrec_distributed_training_says_what_to_install(tmp_path, mo
     monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec now raises ImportError
     with pytest.raises(MedkgeError, match=r"pip install 'medkge\[distributed\]'"):
         distributed.train_distributed(medkge.Config(), tmp_path / "run", progress=False, resume=False)
+
+
+def test_closing_the_cluster_stops_its_heartbeat_before_the_process_group_goes(monkeypatch):
+    # A heartbeat thread still running at interpreter exit aborted a rank after a run that had succeeded
+    # ("terminate called without an active exception", exit code -6): close() must join it first.
+    from medkge.distributed import Cluster
+
+    environ = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+    for key, value in {**environ, "GLOO_SOCKET_IFNAME": "lo"}.items():
+        monkeypatch.setenv(key, value)
+    cluster = Cluster(torch.device("cpu"), timeout_s=60)
+    try:
+        assert cluster._beater.is_alive()
+    finally:
+        cluster.close()
+    assert not cluster._beater.is_alive()
+    assert not torch.distributed.is_initialized()

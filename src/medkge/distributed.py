@@ -26,6 +26,7 @@ way (the baselines train in one process).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import platform
@@ -114,7 +115,8 @@ class Cluster:
         self.store = dist.distributed_c10d._get_default_store()
         self.store.set(f"medkge/host/{self.rank}", f"{socket.gethostname()}:{os.getpid()}")
         self._stop = threading.Event()
-        threading.Thread(target=self._beat, daemon=True).start()
+        self._beater = threading.Thread(target=self._beat, daemon=True)
+        self._beater.start()
 
     def _beat(self) -> None:
         misses = 0
@@ -168,7 +170,11 @@ class Cluster:
         return "another rank stopped (the rendezvous store did not say which)"
 
     def close(self) -> None:
+        # Join the heartbeat before the process group goes: a daemon thread still inside a store call when the
+        # interpreter exits is unwound through C++ frames that cannot unwind, and the rank aborts ("terminate
+        # called without an active exception") after a run that succeeded.
         self._stop.set()
+        self._beater.join(timeout=4 * _HEARTBEAT)
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -753,6 +759,11 @@ def train_distributed(cfg: Config | None, folder: Path, progress: bool, resume: 
     except BaseException as error:
         _stop(cluster, error)
         raise
+    # TorchRec's sharded modules hold the process group in reference cycles: freed now, while the interpreter
+    # is whole, the group's gloo threads are joined here, not torn down at exit (which aborted a rank, now and
+    # then, after a run that had succeeded)
+    del trainer, model, objective
+    gc.collect()
     cluster.close()
     return Run.open(folder) if rank == 0 else None
 
