@@ -212,7 +212,7 @@ def main() -> None:
                 folders.setdefault(tag, []).append(record)
         # one method per tag, whatever the configs: an ablation equal to the default stays its own row
         by_tag = {tag: summarize(runs, labels=[tag] * len(runs))[0] for tag, runs in folders.items()}
-        labels = {tag: method_label(Config.from_yaml(runs[0] / CONFIG_FILE)) for tag, runs in folders.items()}
+        labels = {tag: method_label(Config.from_run_folder(runs[0])) for tag, runs in folders.items()}
         repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
         labels = {tag: f"{label} [{tag}]" if label in repeated else label for tag, label in labels.items()}
         paths = [f for runs in folders.values() for f in runs]

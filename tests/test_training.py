@@ -236,3 +236,80 @@ def test_a_resumed_optimiser_runs_as_this_runs_config_says_not_as_the_checkpoint
     assert new.optimizer.param_groups[0]["fused"]
     assert int(new.optimizer.state[new.model.entity]["step"]) == 1
     new.optimizer.step()  # the loaded state works with the fused implementation
+
+
+@pytest.mark.parametrize("width", [10, 640])
+def test_rotate_phases_start_over_the_circle_and_step_at_the_same_rate_at_any_width(width):
+    # RotatE's code scales phases by pi / init_scale, which grows with the width: with Adam a step then
+    # moved a 640-d model's phases by ~0.9 rad at lr 0.005 and MED's small sub-models did not learn on
+    # FB15k-237 (docs/choices.md). The default keeps one phase step, lr * phase_scale, at every width.
+    from medkge.config import Config
+    from medkge.training import build_model
+
+    dataset = medkge.load_dataset("nations")
+    cfg = Config().with_overrides({"dataset": "nations", "model.name": "rotate", "model.dims": [width]})
+    model = build_model(cfg, dataset)
+    assert cfg.model.phase_scale is not None and 1.0 <= cfg.model.phase_scale <= 30.0
+    assert model.phase_scale == cfg.model.phase_scale  # the same at every width
+    phases = model.relation_table()
+    assert phases.abs().max() <= torch.pi + 1e-6
+    assert phases.max() > 2.5 and phases.min() < -2.5  # uniform over the circle, as RotatE starts them
+    # one Adam step moves each phase by lr * phase_scale
+    opt = torch.optim.Adam([model.relation], lr=0.005)
+    model.relation_table().sum().backward()
+    opt.step()
+    torch.testing.assert_close(
+        model.relation_table() - phases.detach(), torch.full_like(phases, -0.005 * model.phase_scale)
+    )
+
+
+def test_phase_scale_null_is_rotate_codes_parametrisation_and_a_run_keeps_its_phase_scale(tmp_path):
+    from medkge.config import Config
+    from medkge.model import CroppableModel
+    from medkge.training import build_model
+
+    dataset = medkge.load_dataset("nations")
+    cfg = Config().with_overrides({"dataset": "nations", "model.dims": [8, 16], "model.phase_scale": None})
+    model = build_model(cfg, dataset)
+    assert model.phase_scale == pytest.approx(torch.pi / model.init_scale)
+    assert model.relation.abs().max() <= model.init_scale  # the stored values start in the entities' range
+    run = medkge.train(**TINY, **{"model.phase_scale": 2.0}, out=tmp_path / "run", progress=False)
+    assert run.model.phase_scale == 2.0  # read back from the saved model's spec
+    assert medkge.resume(run.path, progress=False).model.phase_scale == 2.0
+    assert CroppableModel.from_spec(run.model.spec()).phase_scale == 2.0
+
+
+def test_a_run_folder_from_before_phase_scale_resumes_with_the_phase_scale_it_trained_with(tmp_path, monkeypatch):
+    import yaml
+
+    from medkge.training import Trainer
+
+    # RotatE's code's phase scale pi / init_scale: 2 pi at dims [4, 16] (init_scale (6 + 2) / 16)
+    options = {**TINY, "dims": [4, 16], "epochs": 2, "model.phase_scale": "null", "train.checkpoint_every": 1}
+    reference = medkge.train(**options, out=tmp_path / "reference", progress=False)
+    assert reference.model.phase_scale == pytest.approx(2 * torch.pi)
+
+    class Killed(Exception):
+        pass
+
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self: Trainer, final: bool = False) -> None:
+        save(self, final)
+        raise Killed  # right after the first checkpoint, as a SIGKILL would leave the folder
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        medkge.train(**options, out=tmp_path / "old", progress=False)
+    monkeypatch.undo()
+    folder = tmp_path / "old"
+    assert not (folder / "results.json").exists()
+    path = folder / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    del data["model"]["phase_scale"]  # as written before the option existed
+    path.write_text(yaml.safe_dump(data))
+    resumed = medkge.resume(folder, progress=False)
+    assert resumed.config.model.phase_scale is None
+    assert resumed.model.phase_scale == pytest.approx(2 * torch.pi)
+    torch.testing.assert_close(resumed.model.relation_table(), reference.model.relation_table())
+    assert resumed.results()["test"] == reference.results()["test"]

@@ -135,7 +135,7 @@ def load_summary(path: str | Path, split: str = "test") -> RunSummary:
         raise MedkgeError(
             f"{folder}: not finished (no {RESULTS_FILE}); finish it with `medkge train --resume {folder}`"
         )
-    cfg = Config.from_yaml(folder / CONFIG_FILE)
+    cfg = Config.from_run_folder(folder)
     results = read_json(folder / RESULTS_FILE)
     if split not in results:
         raise MedkgeError(f"{folder}: no {split} results recorded")

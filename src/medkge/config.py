@@ -21,6 +21,8 @@ from .errors import MedkgeError, closest
 from .model import DEFAULT_DIMS
 from .scoring import MODELS, check_dims, get_interaction
 
+CONFIG_FILE = "config.yaml"  # in every run folder
+
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, list):
@@ -42,6 +44,13 @@ class ModelConfig:
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
     init_scale: float | None = _opt(
         None, "entries start uniform in +-init_scale (default (gamma+2)/D, 0.1 bilinear)", gt=0.0
+    )
+    phase_scale: float | None = _opt(
+        10.0,
+        "RotatE: phase = stored value * phase_scale, phases starting uniform in [-pi, pi]; an Adam step moves a "
+        "phase by about lr * phase_scale rad at any width. null: pi / init_scale (RotatE's code; its phase step "
+        "grows with the width, docs/choices.md)",
+        gt=0.0,
     )
 
 
@@ -190,17 +199,17 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Config:
-        try:
-            data = _yaml_load(Path(path).read_text())
-        except OSError as error:
-            raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise MedkgeError(f"{path}{where}: not valid YAML ({problem})") from None
-        if data is not None and not isinstance(data, dict):
-            raise MedkgeError(f"{path}: a config file must be a mapping of keys to values")
+        return cls.from_dict(_read_yaml(path))
+
+    @classmethod
+    def from_run_folder(cls, folder: str | Path) -> Config:
+        """The config a run folder trained with. A run folder's config.yaml holds every option of its
+        time; an option added since gets the value that reproduces how that run trained, not today's default."""
+        path = Path(folder) / CONFIG_FILE
+        data = _read_yaml(path) or {}
+        for (section, key), value in _RUN_FOLDER_LEGACY.items():
+            if isinstance(data.get(section), dict) and key not in data[section]:
+                data[section][key] = value
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -341,6 +350,27 @@ def _parse_value(text: str) -> Any:
         return _yaml_load(text)
     except yaml.YAMLError:
         return text
+
+
+# Options added after run folders were written, with the value that trains as those runs did.
+_RUN_FOLDER_LEGACY: dict[tuple[str, str], Any] = {
+    ("model", "phase_scale"): None,  # before: RotatE's phase_scale was always pi / init_scale
+}
+
+
+def _read_yaml(path: str | Path) -> Any:
+    try:
+        data = _yaml_load(Path(path).read_text())
+    except OSError as error:
+        raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise MedkgeError(f"{path}{where}: not valid YAML ({problem})") from None
+    if data is not None and not isinstance(data, dict):
+        raise MedkgeError(f"{path}: a config file must be a mapping of keys to values")
+    return data
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:

@@ -652,7 +652,7 @@ def train_distributed(cfg: Config | None, folder: Path, progress: bool, resume: 
     except ImportError:
         raise MedkgeError(INSTALL) from None
     if resume:
-        cfg = Config.from_yaml(folder / CONFIG_FILE)
+        cfg = Config.from_run_folder(folder)
     assert cfg is not None
     if cfg.method != "med":
         raise MedkgeError(f"distributed training trains MED: method {cfg.method} trains in one process")
@@ -697,6 +697,7 @@ def train_distributed(cfg: Config | None, folder: Path, progress: bool, resume: 
             p=cfg.model.p,
             normalize_entities=cfg.model.normalize_entities,
             init_scale=cfg.model.init_scale,
+            phase_scale=cfg.model.phase_scale,
             generator=keyed_generator(cfg.train.seed, 6),
             entity_table=False,
         )

@@ -381,7 +381,7 @@ def resume(path: str | Path, progress: bool = True) -> Run:
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
         raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
-    cfg = Config.from_yaml(folder / CONFIG_FILE)
+    cfg = Config.from_run_folder(folder)
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device)
     dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)

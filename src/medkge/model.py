@@ -53,8 +53,10 @@ class CroppableModel(nn.Module):
             (always on for PairRE; optional for TransE). A cropped model stores normalised prefixes.
         init_scale: entries start uniform in [-init_scale, init_scale]; default (margin + 2) / D for the
             distance models (RotatE's choice, margin = gamma for the full width) and 0.1 for the bilinear ones.
-        phase_scale: RotatE only; phase = stored relation value * phase_scale (default pi / init_scale,
-            RotatE's parametrisation, so phases start uniform in [-pi, pi]).
+        phase_scale: RotatE only; phase = stored relation value * phase_scale, the stored values starting
+            uniform in +-pi / phase_scale (phases uniform in [-pi, pi]). With Adam a step moves a phase by
+            about lr * phase_scale. None: pi / init_scale, RotatE's code, whose phase step grows with the
+            width (config model.phase_scale; docs/choices.md).
         generator: random generator for the initialisation.
     """
 
@@ -99,8 +101,10 @@ class CroppableModel(nn.Module):
             margin = self.gamma * width / self.gamma_width if gamma_scaling == "linear" else self.gamma
             init_scale = (margin + 2.0) / width if self.interaction.uses_gamma else 0.1
         self.init_scale = float(init_scale)
-        if phase_scale is None:
+        if phase_scale is None:  # RotatE's code: phases start uniform in [-pi, pi] from the entities' range
             phase_scale = math.pi / self.init_scale
+        if phase_scale <= 0:
+            raise MedkgeError(f"phase_scale must be greater than 0, got {phase_scale}")
         self.phase_scale = float(phase_scale) if model == "rotate" else 1.0
         it = self.interaction
         # entity_table=False: a placeholder on the meta device (no memory) for a table held elsewhere,
@@ -109,8 +113,10 @@ class CroppableModel(nn.Module):
         self.entity = nn.Parameter(torch.empty(num_entities, it.entity_parts, width, device=where))
         self.relation = nn.Parameter(torch.empty(num_relations, it.relation_parts, width))
         with torch.no_grad():
-            for table in (self.entity, self.relation):
-                table.uniform_(-self.init_scale, self.init_scale, generator=generator)
+            self.entity.uniform_(-self.init_scale, self.init_scale, generator=generator)
+            # RotatE's phases start uniform in [-pi, pi] whatever phase_scale is
+            bound = math.pi / self.phase_scale if model == "rotate" else self.init_scale
+            self.relation.uniform_(-bound, bound, generator=generator)
 
     # ---- description -------------------------------------------------------------------------
     @property

@@ -8,14 +8,13 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import CONFIG_FILE, Config
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
 from .evaluation import Metrics, evaluate
 from .files import MODEL_FILE, check_model_file, load_model, read_json, read_jsonl, read_vocab, sha256_file
 from .model import CroppableModel
 
-CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 LOG_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -88,7 +87,7 @@ class Run:
         folder = Path(path)
         if not (folder / CONFIG_FILE).is_file():
             raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
-        config = Config.from_yaml(folder / CONFIG_FILE)
+        config = Config.from_run_folder(folder)
         if (folder / MODEL_FILE).is_file():
             files = [folder / MODEL_FILE]
         else:

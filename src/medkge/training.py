@@ -479,6 +479,7 @@ def build_model(
         p=mc.p,
         normalize_entities=mc.normalize_entities,
         init_scale=mc.init_scale,
+        phase_scale=mc.phase_scale,
         generator=generator,
     )
     model.fused_kernels = cfg.train.fused_kernels
