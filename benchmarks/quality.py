@@ -28,10 +28,12 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import medkge
-from medkge.compare import MethodSummary, compare, method_label, summarize
+from medkge.compare import MethodSummary, compare, method_label, method_settings, summarize
 from medkge.config import Config
+from medkge.methods import make_config
 from medkge.run import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
@@ -117,7 +119,10 @@ def train_or_reuse(folder: Path, record: Path, **options) -> Path:
     """Train the run in ``folder``, resume it, or reuse it (finished there, or only its record left);
     returns ``record``, the copy of the finished run's files that the comparison reads."""
     if not folder.exists() and (record / RESULTS_FILE).is_file():
+        check_settings(record, options)
         return record  # trained by an earlier invocation, weights gone: its record is what a comparison needs
+    if (folder / CONFIG_FILE).is_file():
+        check_settings(folder, options)
     if not (folder / RESULTS_FILE).is_file():
         if (folder / CONFIG_FILE).is_file():
             medkge.resume(folder, progress=False)
@@ -135,6 +140,27 @@ def train_or_reuse(folder: Path, record: Path, **options) -> Path:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, record / name)
     return record
+
+
+def check_settings(folder: Path, options: dict[str, Any]) -> None:
+    """Refuse to reuse or resume a run trained with other settings than this invocation's: a committed
+    record of an older default (RotatE's phase scale, say) must not enter a table as today's."""
+    have = Config.from_run_folder(folder)
+    wanted = make_config(**options)
+    if wanted.train.optimizer == "auto":  # a run folder records the optimiser auto chose
+        wanted.train.optimizer = have.train.optimizer
+    old, new = method_settings(have), method_settings(wanted)
+    old["train.seed"], new["train.seed"] = have.train.seed, wanted.train.seed
+    changed = [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} asked"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
+    if changed:
+        raise SystemExit(
+            f"{folder} was trained with other settings ({'; '.join(changed)}): give another --out or "
+            "--results, or remove it to train it again"
+        )
 
 
 def gap_table(med: MethodSummary, base: MethodSummary, dims: list[int]) -> str:

@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from medkge.cli import main
-from medkge.compare import method_key, method_label
+from medkge.compare import method_key, method_label, method_settings
 from medkge.config import Config
 
 
@@ -97,6 +97,8 @@ def test_labels_name_the_switched_parts_of_med():
     assert method_label(Config().with_overrides({"model.dims": [10, 40, 160, 640]})) == "MED (4 sub-models)"
     assert method_key(Config().with_overrides({"train.seed": 3, "train.threads": 1})) == method_key(Config())
     assert method_key(Config().with_overrides({"train.lr": 0.5})) != method_key(Config())
+    settings = method_settings(Config().with_overrides({"train.seed": 3}))
+    assert settings["train.lr"] == Config().train.lr and "train.seed" not in settings
 
 
 def _quality_benchmark():
@@ -143,3 +145,10 @@ def test_quality_benchmark_reassembles_a_comparison_from_its_records(tmp_path, m
     monkeypatch.setattr(sys, "argv", [*argv[:4], "med,dt,bkd", *argv[5:]])
     with pytest.raises(SystemExit, match="distils DT's trained run"):
         quality.main()  # BKD needs DT's weights, which a record does not hold
+    # a record of other settings is refused, not reused as if it were this invocation's run
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", "model.phase_scale=null"])
+    with pytest.raises(
+        SystemExit, match=r"nations-rotate-med-seed0 was trained with other settings \(model.phase_scale: 10.0"
+    ):
+        quality.main()
+    assert trained() == 0

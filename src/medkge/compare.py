@@ -16,6 +16,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .config import Config, MedConfig
 from .errors import MedkgeError
@@ -52,13 +53,25 @@ _NOT_THE_METHOD = {
 }
 
 
-def method_key(cfg: Config) -> str:
-    """The config as JSON without the seed and the settings that do not change what is trained."""
+def method_settings(cfg: Config) -> dict[str, Any]:
+    """The config as dotted keys (``train.lr``), without the seed and the settings that do not change what
+    is trained."""
     data = cfg.to_dict()
     for section, keys in _NOT_THE_METHOD.items():
         for key in keys:
             data[section].pop(key, None)
-    return json.dumps(data, sort_keys=True)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+def method_key(cfg: Config) -> str:
+    """The config as JSON without the seed and the settings that do not change what is trained."""
+    return json.dumps(method_settings(cfg), sort_keys=True)
 
 
 def method_label(cfg: Config) -> str:
