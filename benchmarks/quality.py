@@ -33,7 +33,7 @@ from typing import Any
 import medkge
 from medkge.compare import MethodSummary, compare, method_label, method_settings, summarize
 from medkge.config import Config
-from medkge.methods import make_config
+from medkge.methods import make_config, recorded_dataset
 from medkge.run import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
@@ -147,6 +147,7 @@ def check_settings(folder: Path, options: dict[str, Any]) -> None:
     record of an older default (RotatE's phase scale, say) must not enter a table as today's."""
     have = Config.from_run_folder(folder)
     wanted = make_config(**options)
+    wanted.dataset = recorded_dataset(wanted.dataset)  # a folder given relative to here is recorded absolute
     if wanted.train.optimizer == "auto":  # a run folder records the optimiser auto chose
         wanted.train.optimizer = have.train.optimizer
     old, new = method_settings(have), method_settings(wanted)

@@ -152,3 +152,23 @@ def test_quality_benchmark_reassembles_a_comparison_from_its_records(tmp_path, m
     ):
         quality.main()
     assert trained() == 0
+
+
+def test_quality_benchmark_reuses_a_run_of_a_dataset_folder_given_relative(tmp_path, monkeypatch, capsys):
+    """A run folder records a user's dataset folder as an absolute path; the same relative folder given
+    again must be recognised as the same setting, not refused as another."""
+    import shutil
+    import sys
+    from importlib import resources
+
+    quality = _quality_benchmark()
+    monkeypatch.chdir(tmp_path)
+    with resources.as_file(resources.files("medkge") / "data" / "nations") as bundled:
+        shutil.copytree(bundled, tmp_path / "graph")
+    argv = ["quality.py", "--datasets", "graph", "--methods", "med", "--ablations", "", "--dt-dims", "10,20"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "1", "--out", "runs", "--results", "results"])
+    quality.main()
+    quality.main()  # reused: the second invocation trains nothing and is not refused
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("training ") for line in lines) == 1
+    assert (tmp_path / "results" / "graph" / "comparison.csv").is_file()

@@ -44,6 +44,12 @@ from .training import Batch, Objective, Trainer, TrainState, build_model, score_
 Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
 
 
+def recorded_dataset(name_or_path: str) -> str:
+    """The dataset as a run folder records it: a bundled name as it is, a folder as its absolute path (the
+    run folder must find it from anywhere)."""
+    return name_or_path if name_or_path in BUNDLED else str(Path(name_or_path).resolve())
+
+
 def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
     """MED: one croppable model, all sub-models trained together with MED's objective."""
     model = build_model(cfg, dataset)
@@ -363,8 +369,7 @@ def train(
     plan = preflight(cfg, dataset, progress)
     cfg.train.optimizer = plan.optimizer  # auto resolved once: a resumed run keeps the optimiser it began with
     warn_unseen(dataset, cfg.drop_unseen)
-    if cfg.dataset not in BUNDLED:
-        cfg.dataset = str(Path(cfg.dataset).resolve())  # the run folder must find it from anywhere
+    cfg.dataset = recorded_dataset(cfg.dataset)
     if restart:  # a start that failed or was killed before its first checkpoint: begin again
         _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
         (folder / LOG_FILE).unlink(missing_ok=True)
