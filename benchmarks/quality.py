@@ -85,6 +85,19 @@ ABLATIONS = {
         "med.ei_negatives": "raw",
         "med.w2": 0.5,
     },
+    # the two other readings at that temperature: 1 / q positives, and uniform positives (EI's negatives alone)
+    "med-ei-power-raw-w2-half": {
+        "med.evolutionary": True,
+        "med.ei_positives": "power",
+        "med.ei_negatives": "raw",
+        "med.w2": 0.5,
+    },
+    "med-ei-uniform-raw-w2-half": {
+        "med.evolutionary": True,
+        "med.ei_positives": "uniform",
+        "med.ei_negatives": "raw",
+        "med.w2": 0.5,
+    },
     "med-4-sub-models": {"dims": [10, 40, 160, 640]},
 }
 
@@ -185,13 +198,29 @@ def gap_table(med: MethodSummary, base: MethodSummary, dims: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ei_shares(folder: Path) -> str:
+    """EI's effective shares of weighted positives and negatives (``ess_pos`` / ``ess_neg``, docs/choices.md)
+    averaged over the run's epochs, with the first and last epoch's; empty for a run without EI."""
+    log = folder / LOG_FILE
+    records = map(json.loads, log.read_text().splitlines()) if log.is_file() else []
+    epochs = [r for r in records if r.get("type") == "epoch"]
+    cells = []
+    for key in ("ess_pos", "ess_neg"):
+        values = [r[key] for r in epochs if key in r]
+        if values:
+            cells.append(f"{key} {sum(values) / len(values):.2f} ({values[0]:.2f} to {values[-1]:.2f})")
+    return "; ".join(cells)
+
+
 def budget_table(folders: dict[str, list[Path]]) -> str:
-    """Per run: epochs reached (the kept model's epoch), whether it stopped early, and its recorded times."""
+    """Per run: epochs reached (the kept model's epoch), whether it stopped early, its recorded times and, for
+    runs with EI, the effective shares of its weights."""
     lines = [
-        "Epochs reached (epoch of the kept model) and recorded times: training, validations during training, test",
+        "Epochs reached (epoch of the kept model) and recorded times: training, validations during training, "
+        "test; for EI, the mean effective share of weighted positives and negatives over the epochs (first to last)",
         "",
-        "| run | epochs (kept) | stopped early | training | validation | test | total |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| run | epochs (kept) | stopped early | training | validation | test | total | EI weights |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for runs in folders.values():
         for folder in runs:
@@ -201,7 +230,7 @@ def budget_table(folders: dict[str, list[Path]]) -> str:
             early = ", ".join(str(bool(m.get("stopped_early"))).lower() for _, m in parts)
             times = [r["train_seconds"], r.get("eval_seconds", 0.0), r.get("test_eval_seconds", 0.0)]
             cells = [f"{t / 60:.1f} min" for t in [*times, sum(times)]]
-            lines.append(f"| {folder.name} | {epochs} | {early} | " + " | ".join(cells) + " |")
+            lines.append(f"| {folder.name} | {epochs} | {early} | " + " | ".join(cells) + f" | {ei_shares(folder)} |")
     return "\n".join(lines) + "\n"
 
 

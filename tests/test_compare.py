@@ -172,3 +172,23 @@ def test_quality_benchmark_reuses_a_run_of_a_dataset_folder_given_relative(tmp_p
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("training ") for line in lines) == 1
     assert (tmp_path / "results" / "graph" / "comparison.csv").is_file()
+
+
+def test_quality_benchmark_records_ei_weight_shares(tmp_path):
+    """budget.md carries each EI run's mean effective shares of weighted positives and negatives (first to last
+    epoch), read from its metrics.jsonl; a run without EI gets an empty cell."""
+    import json
+
+    quality = _quality_benchmark()
+    ei, plain = tmp_path / "ei", tmp_path / "plain"
+    for folder, extra in (
+        (ei, [{"ess_pos": 0.25, "ess_neg": 1.0}, {"ess_pos": 0.75, "ess_neg": 0.5}]),
+        (plain, [{}, {}]),
+    ):
+        folder.mkdir()
+        lines = [{"type": "epoch", "epoch": i + 1, "loss": 1.0, **e} for i, e in enumerate(extra)]
+        lines.append({"type": "valid", "epoch": 2, "ess_pos": 9.0})  # not an epoch: not averaged
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert quality.ei_shares(ei) == "ess_pos 0.50 (0.25 to 0.75); ess_neg 0.75 (1.00 to 0.50)"
+    assert quality.ei_shares(plain) == ""
+    assert quality.ei_shares(tmp_path / "missing") == ""
