@@ -19,7 +19,9 @@ ablation>-seed<seed>`` under ``--out``; runs already finished there are reused a
 so the script can be re-run (and stopped at any time). Each finished run's record (``config.yaml``,
 ``results.json``, ``metrics.jsonl``: no weights) is copied to ``runs/`` in its dataset's results folder, and
 a run whose folder is gone is read from there: a committed comparison can gain seeds, methods or ablations
-later without training again what it already holds.
+later without training again what it already holds. ``--records-only`` trains nothing: it builds the tables
+from what is finished (runs made on a GPU machine and brought back as records, a seed cut short) and names
+the runs it left out.
 """
 
 from __future__ import annotations
@@ -122,6 +124,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", default="docs/results", help="folder for each dataset's comparison")
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method: seed, seed + 1, ...")
+    p.add_argument(
+        "--records-only",
+        action="store_true",
+        help="train nothing: the tables from the finished runs and records there, the others left out and named "
+        "(runs made on another machine, a seed cut short)",
+    )
     return p.parse_args()
 
 
@@ -153,6 +161,12 @@ def train_or_reuse(folder: Path, record: Path, **options) -> Path:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, record / name)
     return record
+
+
+def finished(folder: Path, record: Path) -> bool:
+    """Whether ``train_or_reuse`` would return without training: the run finished in ``folder``, or only its
+    record is left."""
+    return (folder / RESULTS_FILE).is_file() or (not folder.exists() and (record / RESULTS_FILE).is_file())
 
 
 def check_settings(folder: Path, options: dict[str, Any]) -> None:
@@ -264,8 +278,14 @@ def main() -> None:
                     run_options |= {"method": tag, "dims": MED_DIMS if tag == "med" else dims}
                 if tag in ("bkd", "dualde"):
                     run_options["distill.teacher"] = str(out / f"{name}-{args.model}-dt-seed{seed}")
-                record = train_or_reuse(folder, results / "runs" / folder.name, **run_options)
-                folders.setdefault(tag, []).append(record)
+                record = results / "runs" / folder.name
+                if args.records_only and not finished(folder, record):
+                    print(f"left out (not finished, --records-only): {folder.name}", flush=True)
+                    continue
+                folders.setdefault(tag, []).append(train_or_reuse(folder, record, **run_options))
+        if not folders:
+            print(f"\n### {name}: no finished run or record under {out} or {results / 'runs'}")
+            continue
         # one method per tag, whatever the configs: an ablation equal to the default stays its own row
         by_tag = {tag: summarize(runs, labels=[tag] * len(runs))[0] for tag, runs in folders.items()}
         labels = {tag: method_label(Config.from_run_folder(runs[0])) for tag, runs in folders.items()}

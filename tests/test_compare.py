@@ -154,6 +154,33 @@ def test_quality_benchmark_reassembles_a_comparison_from_its_records(tmp_path, m
     assert trained() == 0
 
 
+def test_quality_benchmark_records_only_trains_nothing_and_names_what_it_left_out(tmp_path, monkeypatch, capsys):
+    """--records-only builds the tables from the finished runs and records alone: a seed that is missing (or
+    unfinished) is left out and named, a method with no finished run at all drops out of the table."""
+    import shutil
+    import sys
+
+    quality = _quality_benchmark()
+    out, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["quality.py", "--datasets", "nations", "--methods", "med", "--ablations", "", "--dt-dims", "10,20"]
+    argv += ["--epochs", "1", "--out", str(out), "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "2"])
+    quality.main()
+    shutil.rmtree(out)
+    shutil.rmtree(results / "nations" / "runs" / "nations-rotate-med-seed1")  # seed 1 never came back
+    (out / "nations-rotate-med-seed1").mkdir(parents=True)  # and its folder holds no finished run
+    monkeypatch.setattr(sys, "argv", [*argv[:4], "med,dt", *argv[5:], "--seeds", "2", "--records-only"])
+    capsys.readouterr()
+    quality.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("training ") for line in lines)
+    left_out = [line.split(": ")[-1] for line in lines if line.startswith("left out")]
+    assert left_out == ["nations-rotate-med-seed1", "nations-rotate-dt-seed0", "nations-rotate-dt-seed1"]
+    table = (results / "nations" / "comparison.md").read_text()
+    assert "MED" in table and "DT" not in table
+    assert "| nations-rotate-med-seed0 |" in (results / "nations" / "budget.md").read_text()
+
+
 def test_quality_benchmark_reuses_a_run_of_a_dataset_folder_given_relative(tmp_path, monkeypatch, capsys):
     """A run folder records a user's dataset folder as an absolute path; the same relative folder given
     again must be recognised as the same setting, not refused as another."""
