@@ -146,7 +146,7 @@ def train_or_reuse(folder: Path, record: Path, **options) -> Path:
         check_settings(folder, options)
     if not (folder / RESULTS_FILE).is_file():
         if (folder / CONFIG_FILE).is_file():
-            medkge.resume(folder, progress=False)
+            medkge.resume(folder, progress=False, threads=options.get("train.threads"))  # this invocation's
         else:
             teacher = options.get("distill.teacher")
             if teacher and not (Path(teacher) / RESULTS_FILE).is_file():

@@ -65,6 +65,8 @@ def test_datasets_and_config_commands(capsys):
         (["train", "--epochs", "-3"], "train.epochs must be at least 1"),
         (["train", "missing.yaml"], "missing.yaml: no such config file"),
         (["train", "--resume", "nowhere"], "nowhere: not a medkge run folder"),
+        (["train", "--resume", "r", "--set", "train.lr=1"], "give no other options (but --set train.threads=N)"),
+        (["train", "--resume", "r", "--set", "train.threads=two"], "train.threads expects a whole number, got 'two'"),
         (["evaluate", "nowhere"], "nowhere: not a medkge run folder"),
         (["info", "nowhere"], "nowhere: not a medkge run folder"),
     ],

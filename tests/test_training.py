@@ -206,6 +206,24 @@ def test_fused_kernels_train_the_same_model_as_the_plain_reference(tmp_path, mod
     torch.testing.assert_close(a.relation, b.relation, rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_run_takes_the_thread_count_it_is_given_and_keeps_its_saved_config(tmp_path, monkeypatch):
+    from medkge.cli import main
+    from medkge.config import Config
+
+    from .conftest import train_tiny
+
+    run = train_tiny(tmp_path / "run", dims=[4], epochs=1, **{"train.threads": 1})
+    (run.path / "results.json").unlink()  # as if killed during its test evaluation
+    saved = (run.path / "config.yaml").read_text()
+    asked: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # record, leave this process's threads alone
+    assert main(["train", "--resume", str(run.path), "--set", "train.threads=2", "--quiet"]) == 0
+    assert asked[:1] == [2] and (run.path / "results.json").is_file()
+    assert (run.path / "config.yaml").read_text() == saved and Config.from_run_folder(run.path).train.threads == 1
+    with pytest.raises(medkge.MedkgeError, match="at least 1"):
+        medkge.resume(run.path, progress=False, threads=0)
+
+
 def test_a_resumed_optimiser_runs_as_this_runs_config_says_not_as_the_checkpoint_did(tmp_path):
     from medkge.config import Config
     from medkge.training import Trainer, build_model

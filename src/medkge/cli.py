@@ -261,10 +261,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     distributed = launched()  # under torchrun: every rank runs this command
     rank = int(os.environ.get("RANK", 0)) if distributed else 0
     cfg = None
+    threads = None  # with --resume, the one option that may change: --set train.threads=N
     if args.resume:
         given = any(v is not None for k, v in vars(args).items() if k.startswith("opt_"))
-        if args.config or args.overrides or given or args.drop_unseen:
-            raise MedkgeError("--resume continues a run with its own saved config; give no other options")
+        overrides = dict(item.partition("=")[::2] for item in args.overrides)
+        if args.config or given or args.drop_unseen or set(overrides) - {"train.threads"}:
+            raise MedkgeError(
+                "--resume continues a run with its own saved config; give no other options (but --set train.threads=N)"
+            )
+        if overrides:
+            try:
+                threads = int(overrides["train.threads"])
+            except ValueError:
+                raise MedkgeError(f"train.threads expects a whole number, got {overrides['train.threads']!r}") from None
         args.out = args.resume
     else:
         options: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
@@ -286,12 +295,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if rank == 0:
             print(f"training {cfg.method} {cfg.model.name} on {cfg.dataset} -> {args.out}", file=sys.stderr)
     if distributed:
+        if threads is not None:
+            raise MedkgeError("--set train.threads with --resume is for a single-process run, not under torchrun")
         from .distributed import train_distributed
 
         train_distributed(cfg, Path(args.out), progress, resume=bool(args.resume))
         path = Path(args.out)
     else:
-        run = resume(args.resume, progress=progress) if args.resume else train(cfg, out=args.out, progress=progress)
+        run = (
+            resume(args.resume, progress=progress, threads=threads)
+            if args.resume
+            else train(cfg, out=args.out, progress=progress)
+        )
         path = run.path
     if rank:
         return 0

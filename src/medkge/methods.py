@@ -381,12 +381,21 @@ def train(
     return _execute(cfg, dataset, folder, progress)
 
 
-def resume(path: str | Path, progress: bool = True) -> Run:
-    """Continue an interrupted run from its last checkpoint; a finished run is returned as it is."""
+def resume(path: str | Path, progress: bool = True, threads: int | None = None) -> Run:
+    """Continue an interrupted run from its last checkpoint; a finished run is returned as it is.
+
+    ``threads``: CPU threads for this process instead of the saved ``train.threads`` (a run started beside
+    another job on one thread can finish alone on two); only float rounding depends on it. The run folder's
+    config keeps the value it started with; ``results.json`` records the threads of the process that
+    finished it."""
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
         raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
     cfg = Config.from_run_folder(folder)
+    if threads is not None:
+        if threads < 1:
+            raise MedkgeError(f"threads must be at least 1, got {threads}")
+        cfg.train.threads = threads
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device)
     dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
