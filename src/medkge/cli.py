@@ -253,6 +253,17 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` items by key; the values stay strings for the config to parse and check."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MedkgeError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import launched
     from .methods import resume, train
@@ -264,26 +275,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     threads = None  # with --resume, the one option that may change: --set train.threads=N
     if args.resume:
         given = any(v is not None for k, v in vars(args).items() if k.startswith("opt_"))
-        overrides = dict(item.partition("=")[::2] for item in args.overrides)
-        if args.config or given or args.drop_unseen or set(overrides) - {"train.threads"}:
+        overrides = parse_overrides(args.overrides)
+        if args.config or given or args.drop_unseen or overrides.keys() - {"train.threads"}:
             raise MedkgeError(
                 "--resume continues a run with its own saved config; give no other options (but --set train.threads=N)"
             )
         if overrides:
-            try:
-                threads = int(overrides["train.threads"])
-            except ValueError:
-                raise MedkgeError(f"train.threads expects a whole number, got {overrides['train.threads']!r}") from None
+            from .config import Config
+
+            threads = Config().with_overrides(overrides).train.threads  # the config's own type and range checks
         args.out = args.resume
     else:
         options: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
         if args.drop_unseen:
             options["drop_unseen"] = True
-        for item in args.overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise MedkgeError(f"--set expects KEY=VALUE, got {item!r}")
-            options[key.strip()] = value
+        options |= parse_overrides(args.overrides)
         if args.config and not Path(args.config).is_file():
             raise MedkgeError(f"{args.config}: no such config file")
         from .methods import default_run_name, make_config

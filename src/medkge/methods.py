@@ -393,9 +393,7 @@ def resume(path: str | Path, progress: bool = True, threads: int | None = None) 
         raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
     cfg = Config.from_run_folder(folder)
     if threads is not None:
-        if threads < 1:
-            raise MedkgeError(f"threads must be at least 1, got {threads}")
-        cfg.train.threads = threads
+        cfg = cfg.with_overrides({"train.threads": threads})  # checked as any config value
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device)
     dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
