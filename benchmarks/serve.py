@@ -9,7 +9,7 @@ The tables are random: a query's cost depends on the dim and the number of entit
 (benchmarks/predict.py says the same).
 
 It also measures, in this process and side by side, one query scored by the server's engine on a prefix
-slice of the one full table against the same engine on a contiguous cropped copy (what the server keeps
+slice of the one full table against the same path on a contiguous cropped copy (what the server keeps
 for small dims) and against ``LabelledModel.predict_tails``; 32 queries one at a time against one batch
 (RotatE and DistMult); and, over HTTP, the server with and without batching at 32 clients and its
 memory before and after a query at every dim from 1 to 640.
@@ -35,7 +35,7 @@ import torch
 
 import medkge
 from medkge.deploy import LabelledModel
-from medkge.serve import Engine, PredictQuery
+from medkge.inference import Query
 
 
 def parse_args() -> argparse.Namespace:
@@ -157,19 +157,18 @@ async def cell(url: str, queries: list[dict], clients: int, args: argparse.Names
 
 
 def in_process(model: LabelledModel, dims: list[int], heads: list[int], relations: list[int]) -> list[dict]:
-    """One query at a time, interleaved: the server's engine on a prefix slice of the one full table, the same
-    engine on a contiguous cropped copy of the tables, LabelledModel.predict_tails (a cached crop), and the
-    engine's brute-force /similar."""
-    engine = Engine(model, cache_bytes=0)  # slices only
+    """One query at a time, interleaved: the inference path (what the server calls) on a prefix slice of the one
+    full table, the same on a contiguous cropped copy of the tables, LabelledModel.predict_tails by label, and
+    the brute-force /similar."""
+    sliced = LabelledModel(model.models[0], model.entities, model.relations, cache_bytes=0)  # slices only
     rows = []
     for dim in dims:
         crop = model.crop(dim)
-        copy_engine = Engine(crop)
         variants = {
-            "slice": lambda h, r, d=dim: engine.predict([PredictQuery("tail", h, r, 10, d, False)]),
-            "copy": lambda h, r, d=dim, e=copy_engine: e.predict([PredictQuery("tail", h, r, 10, d, False)]),
-            "labelled": lambda h, r, c=crop: c.predict_tails(h, r, k=10),
-            "similar": lambda h, r, d=dim: engine.similar(h, 10, d),
+            "slice": lambda h, r, d=dim: sliced.predict([Query("tail", h, r, 10, d)]),
+            "copy": lambda h, r, d=dim, c=crop: c.predict([Query("tail", h, r, 10, d)]),
+            "labelled": lambda h, r, c=crop: c.predict_tails(c.entities[h], c.relations[r], k=10),
+            "similar": lambda h, r, d=dim: sliced.similar(h, 10, d),
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for i, (h, r) in enumerate(zip(heads, relations, strict=True)):
@@ -194,11 +193,9 @@ def batch_gain(dataset: medkge.Dataset, models: list[str], dims: list[int], head
         full = medkge.CroppableModel(
             name, dataset.num_entities, dataset.num_relations, [max(dims)], generator=torch.Generator().manual_seed(0)
         ).requires_grad_(False)
-        engine = Engine(LabelledModel(full, dataset.entities, dataset.relations))
+        engine = LabelledModel(full, dataset.entities, dataset.relations)
         for dim in dims:
-            queries = [
-                PredictQuery("tail", h, r, 10, dim, False) for h, r in zip(heads[:32], relations[:32], strict=True)
-            ]
+            queries = [Query("tail", h, r, 10, dim) for h, r in zip(heads[:32], relations[:32], strict=True)]
             engine.predict(queries[:2])  # warm-up (and the copy of a small dim)
             single, batch = [], []
             for _ in range(3):
@@ -246,7 +243,7 @@ def main() -> None:
     print("\nIn process, one query, median of the timed queries:\n")
     print(
         "| dim | engine, prefix slice (ms) | engine, contiguous copy (ms) | slice / copy | "
-        "LabelledModel.predict_tails (ms) | similar, k=10 (ms) | copy size (MiB) |"
+        "predict_tails by label (ms) | similar, k=10 (ms) | copy size (MiB) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:

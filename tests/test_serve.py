@@ -24,7 +24,8 @@ httpx = pytest.importorskip("httpx")
 import medkge  # noqa: E402
 from medkge.cli import main  # noqa: E402
 from medkge.deploy import LabelledModel, prediction_json  # noqa: E402
-from medkge.serve import ApiError, Engine, Limits, PredictQuery  # noqa: E402
+from medkge.inference import Query, QueryError  # noqa: E402
+from medkge.server import create_app  # noqa: E402
 
 from .conftest import random_dataset, train_tiny  # noqa: E402
 from .test_scoring import CONFIGS, make_model  # noqa: E402
@@ -340,84 +341,86 @@ def test_start_up_errors_are_one_line_and_start_nothing(run_path, tmp_path, caps
         assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
 
-# ---- the engine, in process, for every model type -------------------------------------------------------------
+# ---- the inference path, in process, for every model type ------------------------------------------------------
 @pytest.mark.parametrize(("name", "p"), CONFIGS)
-def test_the_engine_scores_any_dim_as_labelled_model_does(name, p):
+def test_slices_and_cached_copies_score_any_dim_alike(name, p):
     dataset = random_dataset(num_entities=12, num_relations=4)
     base = make_model(name, p, num_entities=12, num_relations=4)  # dims (3, 5, 8, 12), float64
 
-    def labelled() -> LabelledModel:  # each on its own copy: the engine normalises PairRE's entities in place
-        return LabelledModel(copy.deepcopy(base), dataset.entities, dataset.relations, dataset=dataset)
+    def labelled(cache_bytes: int = 256 << 20) -> LabelledModel:  # each on its own copy (PairRE: normalised in place)
+        return LabelledModel(
+            copy.deepcopy(base), dataset.entities, dataset.relations, dataset=dataset, cache_bytes=cache_bytes
+        )
 
     reference = labelled()
     # slices of the full table only, and with contiguous copies of the small dims
-    for engine in (
-        Engine(labelled(), limits=Limits(max_k=20), cache_bytes=0),
-        Engine(labelled(), limits=Limits(max_k=20)),
-    ):
-        check_engine(engine, reference, dataset)
+    for model in (labelled(cache_bytes=0), labelled()):
+        check_batched(model, reference, dataset)
 
 
-def check_engine(engine: Engine, reference: LabelledModel, dataset) -> None:
+def check_batched(model: LabelledModel, reference: LabelledModel, dataset) -> None:
     queries = [
-        PredictQuery(side, a, r, k, d, x)
+        Query(side, a, r, k, d, x)
         for side in ("tail", "head")
         for a, r, k, d, x in [(0, 1, 5, 12, False), (3, 2, 12, 4, True), (7, 0, 3, 1, False), (11, 3, 20, 8, True)]
     ]
-    got = engine.predict(queries)
+    got = [prediction_json(model, t) for t in model.predict(queries)]  # scored together
     for q, answer in zip(queries, got, strict=True):
-        want = expected(reference, q.side, q.anchor, q.relation, q.k, q.dim, q.exclude_known)
+        want = expected(reference, q.side, q.anchor, q.relation, q.k, q.dim, q.exclude_known)  # one at a time
         assert [r["id"] for r in answer["results"]] == [r["id"] for r in want["results"]]
         torch.testing.assert_close(
             torch.tensor([r["score"] for r in answer["results"]]), torch.tensor([r["score"] for r in want["results"]])
         )
         assert {k: v for k, v in answer.items() if k != "results"} == {k: v for k, v in want.items() if k != "results"}
     triples = dataset.test[:10].tolist()
-    for d in (2, 12):
-        scores = [r["score"] for r in engine.score(triples, d)["results"]]
+    for d in (2, 12, 5):
         torch.testing.assert_close(
-            torch.tensor(scores), torch.tensor(reference.score_triples(triples, d).column("score"))
+            torch.tensor(model.score_triples(triples, d).column("score")),
+            torch.tensor(reference.score_triples(triples, d).column("score")),
         )
-    # the labelled model the engine serves keeps its answers (PairRE's entities were normalised in place)
-    torch.testing.assert_close(
-        torch.tensor(engine.model.score_triples(triples, 5).column("score")),
-        torch.tensor(reference.score_triples(triples, 5).column("score")),
-    )
 
 
 def test_a_dt_run_serves_its_trained_dims_only(tmp_path):
+    from fastapi.testclient import TestClient
+
     run = train_tiny(tmp_path / "dt", method="dt", dims=[4, 8], epochs=1, eval_every=0)
-    engine = Engine(medkge.load(run.path))
-    assert engine.dims == [4, 8]
-    with pytest.raises(ApiError, match="dim 5 is not served: the dims are 4, 8"):
-        engine.dim(5)
-    reference = medkge.load(run.path)
-    q = PredictQuery("tail", 1, 2, 4, 4, False)
-    assert engine.predict([q])[0] == expected(reference, "tail", 1, 2, 4, 4)
+    model = medkge.load(run.path)
+    app = create_app(model)
+    assert app.state.dims == [4, 8]
+    with TestClient(app) as client:
+        answer = client.get("/predict", params={"head": "1", "relation": "2", "ids": "true", "k": 4, "dim": 5})
+        assert answer.status_code == 422 and "dim 5 is not served: the dims are 4, 8" in answer.json()["error"]
+        answer = client.get("/predict", params={"head": "1", "relation": "2", "ids": "true", "k": 4, "dim": 4})
+        assert answer.json() == expected(medkge.load(run.path), "tail", 1, 2, 4, 4)
 
 
 def test_copies_of_small_dims_stay_within_their_memory_budget():
     dataset = random_dataset(num_entities=12, num_relations=4)
     base = make_model("rotate", num_entities=12, num_relations=4)  # float64: 224 bytes per dim of both tables
-    reference = LabelledModel(base, dataset.entities, dataset.relations)
-    engine = Engine(LabelledModel(base, dataset.entities, dataset.relations), cache_bytes=7168)
+    reference = LabelledModel(copy.deepcopy(base), dataset.entities, dataset.relations)
+    inference = LabelledModel(base, dataset.entities, dataset.relations, cache_bytes=7168).inference
     for d in range(1, 13):
-        got = engine.score_all("tail", torch.tensor([1, 2]), torch.tensor([0, 3]), d)
+        got = inference.scores("tail", torch.tensor([1, 2]), torch.tensor([0, 3]), d)
         want = torch.stack(
             [reference.model_for(d).score_t(torch.tensor([h]), torch.tensor([r]))[0, :, 0] for h, r in ((1, 0), (2, 3))]
         )
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-        assert engine._copies_bytes <= 7168
+        assert inference.cache.bytes <= 7168
     # a copy is made for dims whose copy is at most a quarter of the budget (1 to 8); copying dim 8 (1,792
     # bytes) dropped the least recently used 1, 2 and 3; the full width (12) is never copied
-    assert engine.cached_dims == [4, 5, 6, 7, 8]
+    assert inference.cache.dims == [4, 5, 6, 7, 8]
 
 
 def test_exclude_known_without_a_dataset_is_a_client_error():
+    from fastapi.testclient import TestClient
+
     base = make_model("rotate", num_entities=12, num_relations=4)
-    engine = Engine(LabelledModel(base, [f"e{i}" for i in range(12)], [f"r{i}" for i in range(4)]))
-    assert engine.describe()["exclude_known"] is False
-    with pytest.raises(ApiError, match="exclude_known: excluding known triples needs the dataset") as error:
-        engine.query("e1", None, "r0", k=3, dim=None, exclude_known=True)
-    assert error.value.status == 422
-    assert engine.predict([engine.query("e1", None, "r0", k=3, dim=None, exclude_known=False)])[0]["dim"] == 12
+    model = LabelledModel(base, [f"e{i}" for i in range(12)], [f"r{i}" for i in range(4)])
+    with pytest.raises(QueryError, match="exclude_known: excluding known triples needs the dataset"):
+        model.query(head="e1", relation="r0", k=3, exclude_known=True)
+    with TestClient(create_app(model)) as client:
+        assert client.get("/models").json()["exclude_known"] is False
+        answer = client.get("/predict", params={"head": "e1", "relation": "r0", "k": 3, "exclude_known": "true"})
+        assert answer.status_code == 422 and "excluding known triples needs the dataset" in answer.json()["error"]
+        assert answer.json()["loc"] == ["exclude_known"]
+        assert client.get("/predict", params={"head": "e1", "relation": "r0", "k": 3}).json()["dim"] == 12

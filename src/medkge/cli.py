@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-known", action="store_true", help="drop answers that form known triples")
     p.add_argument("--dataset", metavar="NAME_OR_DIR", help="known triples for --exclude-known (cropped models)")
     p.add_argument("--ids", action="store_true", help="H, T and R are ids, not labels")
+    p.add_argument(
+        "--funnel", metavar="D:K", help="shortlist K answers with the D-d prefix, rerank them at --dim (e.g. 10:200)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_predict)
 
@@ -174,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, metavar="N", help="stop after N requests")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--openapi", action="store_true", help="print the OpenAPI schema (JSON) and exit, serving nothing")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("export", help="export a model as npy, tsv (embedding projector) or onnx")
@@ -489,7 +493,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return int(text)
 
     relation = value(args.relation, "--relation")
-    options = {"k": args.top_k, "dim": args.dim, "exclude_known": args.exclude_known}
+    options = {"k": args.top_k, "dim": args.dim, "exclude_known": args.exclude_known, "funnel": args.funnel}
     if args.head is not None:
         table = model.predict_tails(value(args.head, "--head"), relation, **options)
     else:
@@ -500,23 +504,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     side = "tails" if args.head is not None else "heads"
     known = ", known triples excluded" if args.exclude_known else ""
+    known += f", shortlisted by the funnel {args.funnel}" if args.funnel else ""
     print(f"{side} of ({', '.join(table.meta['query'])}) by the {dim}-d {model.model_name} model{known}:")
     print(table.to_text())
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Limits, serve
+    from .server import Limits, openapi, serve
+    from .server.start import check_port
 
     for name in ("max_k", "max_batch", "max_pending", "max_requests"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MedkgeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_port(args.port)
     limits = Limits(max_k=args.max_k, max_batch=args.max_batch, max_pending=args.max_pending)
+    dims = _parse_dims(args.dims) if args.dims else None
+    if args.openapi:
+        print(json.dumps(openapi(args.model, dims=dims, dataset=args.dataset, limits=limits), indent=2))
+        return 0
     serve(
         args.model,
         args.host,
         args.port,
-        dims=_parse_dims(args.dims) if args.dims else None,
+        dims=dims,
         dataset=args.dataset,
         device=args.device,
         workers=args.workers,

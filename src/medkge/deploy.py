@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from .datasets import Dataset, load_dataset
-from .errors import MedkgeError, closest
-from .evaluation import unique_triples
+from .errors import MedkgeError
 from .files import MODEL_FILE, load_model, read_json, read_vocab, save_model, sha256_file, write_json, write_vocab
+from .inference import DEFAULT_CACHE_BYTES, Funnel, Inference, Query, QueryError, Vocabulary, echo
 from .model import CroppableModel
 from .run import CONFIG_FILE, Run
 from .scoring import check_dims
@@ -41,7 +41,6 @@ INFO_FILE = "model.json"
 CROPPED_FORMAT = "medkge-cropped-model"
 CROPPED_VERSION = 1
 _SUMMARY_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
-_VOCAB_FILES = {"entity": "entities.tsv", "relation": "relations.tsv"}
 
 
 class Table(Sequence):
@@ -126,7 +125,8 @@ class LabelledModel:
 
     ``models`` is one croppable model (MED, or a cropped model) or one model per dim (DT runs, whose
     dims are only the trained ones). ``trained_dims`` are the dims that were trained as sub-models.
-    Use :func:`load` rather than building one by hand.
+    Every answer comes from :attr:`inference` (medkge.inference), the one inference path that the
+    command line and the server use too. Use :func:`load` rather than building one by hand.
     """
 
     def __init__(
@@ -140,6 +140,8 @@ class LabelledModel:
         run: Run | None = None,
         dataset: Dataset | str | Path | None = None,
         valid: dict[int, dict[str, float]] | None = None,
+        test: dict[int, dict[str, float]] | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         self.models = sorted([models] if isinstance(models, CroppableModel) else list(models), key=lambda m: m.dim)
         if not self.models:
@@ -153,14 +155,19 @@ class LabelledModel:
                     f"the vocabularies {len(self.entities)} and {len(self.relations)}"
                 )
         self.trained_dims = sorted(set(self.dims if trained_dims is None else trained_dims))
-        self.source = dict(source or {})  # where the model came from: run path, method, dataset
+        self.source = dict(source or {})  # where the model came from: run name, method, dataset, checksums
         self.run = run
-        self._valid = dict(valid or {})  # recorded validation metrics by dim, where no run holds them
-        self._entity_index = {label: i for i, label in enumerate(self.entities)}
-        self._relation_index = {label: i for i, label in enumerate(self.relations)}
-        self._crops: dict[int, CroppableModel] = {}
+        # recorded metrics by dim, where no run holds them (a cropped model's model.json)
+        self._recorded = {"valid": dict(valid or {}), "test": dict(test or {})}
         self._dataset: Dataset | None = None
-        self._known: torch.Tensor | None = None
+        self.inference = Inference(
+            self.models,
+            Vocabulary(self.entities, "entity"),
+            Vocabulary(self.relations, "relation"),
+            self.trained_dims,
+            known=lambda: self.dataset().known_triples(),
+            cache_bytes=cache_bytes,
+        )
         if dataset is not None:
             self.use_dataset(dataset)
 
@@ -203,13 +210,14 @@ class LabelledModel:
             "relations": len(self.relations),
             "source": self.source,
         }
-        valid = self._recorded_metrics("valid")
-        if valid is not None and self.dim in valid:
-            info["valid"] = {k: valid[self.dim][k] for k in _SUMMARY_KEYS if k in valid[self.dim]}
+        for split in ("valid", "test"):
+            recorded = self.recorded_metrics(split)
+            if recorded is not None and self.dim in recorded:
+                info[split] = {k: recorded[self.dim][k] for k in _SUMMARY_KEYS if k in recorded[self.dim]}
         return info
 
     def __repr__(self) -> str:
-        where = self.source.get("path", "memory")
+        where = self.source.get("run", "memory")
         dims = self.dims if len(self.dims) <= 6 else f"[{self.dims[0]}, ..., {self.dims[-1]}] ({len(self.dims)} dims)"
         return (
             f"LabelledModel({self.model_name}, dims={dims}, entities={len(self.entities)}, "
@@ -217,27 +225,31 @@ class LabelledModel:
         )
 
     # ---- labels and ids ----------------------------------------------------------------------
-    def entity_id(self, entity: str | int) -> int:
-        """The id of an entity given by label (str) or id (int); unknown labels name the closest ones."""
-        return _resolve(entity, self.entities, self._entity_index, "entity")
+    def entity_id(self, entity: str | int, loc: Sequence[str | int] = ()) -> int:
+        """The id of an entity given by label (str) or id (int); an unknown label raises
+        :class:`medkge.inference.UnknownLabel` (a MedkgeError) naming the closest ones; ``loc`` names the
+        field in messages."""
+        return self.inference.entities.id(entity, loc)
 
-    def relation_id(self, relation: str | int) -> int:
+    def relation_id(self, relation: str | int, loc: Sequence[str | int] = ()) -> int:
         """The id of a relation given by label (str) or id (int)."""
-        return _resolve(relation, self.relations, self._relation_index, "relation")
+        return self.inference.relations.id(relation, loc)
+
+    def triple_ids(self, triple: Sequence[str | int], loc: Sequence[str | int] = ()) -> tuple[int, int, int]:
+        """The ids of a (head, relation, tail) triple given by labels or ids."""
+        if isinstance(triple, str) or len(triple) != 3:
+            raise QueryError(f"a triple is (head, relation, tail), got {echo(triple)}", loc)
+        h, r, t = triple
+        return self.entity_id(h, (*loc, 0)), self.relation_id(r, (*loc, 1)), self.entity_id(t, (*loc, 2))
 
     # ---- models of one dim ---------------------------------------------------------------------
     def model_for(self, dim: int | None = None) -> CroppableModel:
         """The standalone ``dim``-dimensional :class:`CroppableModel` (default: the widest)."""
         dim = self.dim if dim is None else self._check_dim(dim)
-        for m in self.models:
-            if m.dims == (dim,):
-                return m
-        if dim not in self._crops:
-            if not self.croppable:
-                method = self.source.get("method", "this")
-                raise MedkgeError(f"{method} run has no {dim}-d model: it trained only dims {self.dims}")
-            self._crops[dim] = self.models[0].crop(dim).eval().requires_grad_(False)  # an inference model
-        return self._crops[dim]
+        if not self.croppable and dim not in self.dims:
+            method = self.source.get("method", "this")
+            raise MedkgeError(f"{method} run has no {dim}-d model: it trained only dims {self.dims}")
+        return self.inference.model_for(dim)
 
     def crop(self, dim: int) -> LabelledModel:
         """A ``dim``-dimensional model whose scores equal sub-model ``dim``'s; any 1 <= dim <= widest."""
@@ -250,12 +262,15 @@ class LabelledModel:
             source=self.source,
             run=self.run,
             dataset=self._dataset,
-            valid={dim: self._valid[dim]} if dim in self._valid else None,
+            **{s: {dim: v[dim]} for s, v in self._recorded_all().items() if dim in v},
         )
+
+    def _recorded_all(self) -> dict[str, dict[int, dict[str, float]]]:
+        return {s: self.recorded_metrics(s) or {} for s in ("valid", "test")}
 
     def _check_dim(self, dim: Any) -> int:
         if isinstance(dim, bool) or not hasattr(dim, "__index__"):
-            raise MedkgeError(f"dim must be a positive integer, got {dim!r}")
+            raise MedkgeError(f"dim must be a positive integer, got {echo(dim)}")
         dim = dim.__index__()
         if not 1 <= dim <= self.dim:
             raise MedkgeError(f"dim must be between 1 and {self.dim}, got {dim}")
@@ -263,62 +278,96 @@ class LabelledModel:
 
     # ---- prediction and scoring ----------------------------------------------------------------
     def predict_tails(
-        self, head: str | int, relation: str | int, k: int = 10, dim: int | None = None, exclude_known: bool = False
+        self,
+        head: str | int,
+        relation: str | int,
+        k: int = 10,
+        dim: int | None = None,
+        exclude_known: bool = False,
+        funnel: Funnel | str | None = None,
     ) -> Table:
         """The ``k`` best tails of (head, relation, ?) with their scores, best first.
 
         ``exclude_known`` drops tails that form a known triple (train, valid or test); it needs the
-        dataset (a run folder has it; otherwise see :meth:`use_dataset`). Ties come in arbitrary order.
+        dataset (a run folder has it; otherwise see :meth:`use_dataset`). ``funnel`` ("D:K"): shortlist K
+        tails with the D-d prefix and rerank them at ``dim``. Ties come in arbitrary order.
         """
-        return self._predict("tail", head, relation, k, dim, exclude_known)
+        return self.predict(
+            [self.query(head=head, relation=relation, k=k, dim=dim, exclude_known=exclude_known, funnel=funnel)]
+        )[0]
 
     def predict_heads(
-        self, relation: str | int, tail: str | int, k: int = 10, dim: int | None = None, exclude_known: bool = False
+        self,
+        relation: str | int,
+        tail: str | int,
+        k: int = 10,
+        dim: int | None = None,
+        exclude_known: bool = False,
+        funnel: Funnel | str | None = None,
     ) -> Table:
         """The ``k`` best heads of (?, relation, tail) with their scores, best first."""
-        return self._predict("head", tail, relation, k, dim, exclude_known)
+        return self.predict(
+            [self.query(tail=tail, relation=relation, k=k, dim=dim, exclude_known=exclude_known, funnel=funnel)]
+        )[0]
 
-    def _predict(self, side: str, anchor: Any, relation: Any, k: int, dim: int | None, exclude_known: bool) -> Table:
-        a, r = self.entity_id(anchor), self.relation_id(relation)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise MedkgeError(f"k must be a positive integer, got {k!r}")
-        model = self.model_for(dim)
-        ids, rel = torch.tensor([a]), torch.tensor([r])
-        scores = model.score_t(ids, rel) if side == "tail" else model.score_h(rel, ids)
-        scores = scores[0, :, 0]
-        available = len(scores)
-        if exclude_known:
-            known = self.known_answers(side, a, r)
-            scores[known] = -torch.inf
-            available -= len(known)
-        top = torch.topk(scores, min(k, available))
-        records = [
-            {"rank": i + 1, side: self.entities[j], "id": j, "score": s}
-            for i, (j, s) in enumerate(zip(top.indices.tolist(), top.values.tolist(), strict=True))
-        ]
-        anchor_label, relation_label = self.entities[a], self.relations[r]
-        query = (anchor_label, relation_label, "?") if side == "tail" else ("?", relation_label, anchor_label)
-        return Table(records, ["rank", side, "id", "score"], query=query, dim=model.dim, exclude_known=exclude_known)
+    def query(self, **options: Any) -> Query:
+        """A checked query (labels or ids resolved): see :meth:`medkge.inference.Inference.query`."""
+        if options.get("dim") is not None and not self.croppable:
+            self.model_for(self._check_dim(options["dim"]))  # a DT run's message
+        return self.inference.query(**options)
+
+    def predict(self, queries: Sequence[Query]) -> list[Table]:
+        """The answers of many queries (from :meth:`query`), scored together where they share side and dim."""
+        tables = []
+        for answer in self.inference.top_k(queries):
+            q = answer.query
+            records = [
+                {"rank": i + 1, q.side: self.entities[j], "id": j, "score": s}
+                for i, (j, s) in enumerate(zip(answer.ids, answer.scores, strict=True))
+            ]
+            anchor, relation = self.entities[q.anchor], self.relations[q.relation]
+            query = (anchor, relation, "?") if q.side == "tail" else ("?", relation, anchor)
+            meta = {"query": query, "dim": q.dim, "exclude_known": q.exclude_known}
+            if q.funnel is not None:
+                meta["funnel"] = q.funnel
+            tables.append(Table(records, ["rank", q.side, "id", "score"], **meta))
+        return tables
 
     def score_triples(self, triples: Iterable[Sequence[str | int]] | torch.Tensor, dim: int | None = None) -> Table:
         """Scores of (head, relation, tail) triples, each given by labels or ids (higher = more plausible)."""
         if isinstance(triples, torch.Tensor):
             triples = triples.tolist()
-        rows = []
-        for triple in triples:
-            if isinstance(triple, str) or len(triple) != 3:
-                raise MedkgeError(f"a triple is (head, relation, tail), got {triple!r}")
-            h, r, t = triple
-            rows.append((self.entity_id(h), self.relation_id(r), self.entity_id(t)))
-        model = self.model_for(dim)
+        rows = [self.triple_ids(triple) for triple in triples]
+        d = self.dim if dim is None else self._check_dim(dim)
+        if not self.croppable:
+            self.model_for(d)  # a DT run's message for a dim it did not train
         hrt = torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
-        with torch.no_grad():
-            scores = model.score_hrt(hrt)[:, 0].tolist() if rows else []
+        scores = self.inference.score_triples(hrt, d).tolist() if rows else []
         records = [
             {"head": self.entities[h], "relation": self.relations[r], "tail": self.entities[t], "score": s}
             for (h, r, t), s in zip(rows, scores, strict=True)
         ]
-        return Table(records, ["head", "relation", "tail", "score"], dim=model.dim)
+        return Table(records, ["head", "relation", "tail", "score"], dim=d)
+
+    def similar(
+        self, entity: str | int, k: int = 10, dim: int | None = None, funnel: Funnel | str | None = None
+    ) -> Table:
+        """The ``k`` entities nearest to ``entity`` by the cosine of their ``dim``-d embeddings (all parts
+        flattened), the entity itself left out: exactly, or through ``funnel`` ("D:K")."""
+        e = self.entity_id(entity)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise QueryError(f"k must be a positive integer, got {echo(k)}", ("k",), named=True)
+        d = self.inference.check_dim(dim)
+        shortlist = Funnel.parse(funnel)
+        if shortlist is not None:
+            self.inference.check_dim(shortlist.dim, ("funnel",))
+        ids, values = self.inference.similar(e, k, d, shortlist)
+        records = [
+            {"rank": i + 1, "entity": self.entities[j], "id": j, "similarity": s}
+            for i, (j, s) in enumerate(zip(ids, values, strict=True))
+        ]
+        meta = {"entity": self.entities[e], "dim": d} | ({"funnel": shortlist} if shortlist else {})
+        return Table(records, ["rank", "entity", "id", "similarity"], **meta)
 
     # ---- known triples -------------------------------------------------------------------------
     def use_dataset(self, dataset: Dataset | str | Path) -> None:
@@ -327,7 +376,8 @@ class LabelledModel:
             dataset = load_dataset(dataset)
         if dataset.entities != self.entities or dataset.relations != self.relations:
             raise MedkgeError(f"dataset {dataset.name!r} does not match the model's vocabularies (entities.tsv)")
-        self._dataset, self._known = dataset, None
+        self._dataset = dataset
+        self.inference.use_known(lambda: dataset.known_triples())
 
     def dataset(self) -> Dataset:
         """The dataset of the known triples: given, the run's, or the one a cropped model recorded."""
@@ -349,14 +399,6 @@ class LabelledModel:
                     ) from None
         assert self._dataset is not None
         return self._dataset
-
-    def known_answers(self, side: str, anchor: int, relation: int) -> torch.Tensor:
-        """Ids of the entities that complete (anchor, relation) on ``side`` in a known triple."""
-        if self._known is None:
-            self._known = unique_triples(self.dataset().known_triples())
-        anchor_col, answer_col = (0, 2) if side == "tail" else (2, 0)
-        known = self._known
-        return known[(known[:, anchor_col] == anchor) & (known[:, 1] == relation), answer_col]
 
     # ---- choosing a size -----------------------------------------------------------------------
     def select(
@@ -400,14 +442,15 @@ class LabelledModel:
         assert self.run is not None
         if dims is not None:
             return dict(self.run.evaluate(split, check_dims(dims), progress=False))
-        recorded = self._recorded_metrics(split)
+        recorded = self.recorded_metrics(split)
         if recorded is None:  # not recorded (evaluation was switched off): evaluate all dims now
             return dict(self.run.evaluate(split, progress=False))
         return recorded
 
-    def _recorded_metrics(self, split: str) -> dict[int, dict[str, float]] | None:
+    def recorded_metrics(self, split: str) -> dict[int, dict[str, float]] | None:
+        """The metrics by dim recorded at the end of training (a run) or in model.json (a cropped model)."""
         if self.run is None:
-            return dict(self._valid) if split == "valid" and self._valid else None
+            return dict(self._recorded.get(split) or {}) or None
         try:
             return dict(self.run.metrics(split))
         except MedkgeError:
@@ -430,23 +473,47 @@ class LabelledModel:
 
 
 def prediction_json(model: LabelledModel, table: Table) -> dict[str, Any]:
-    """The JSON of a prediction ``table`` from ``model.predict_tails`` or ``predict_heads``: what
+    """The JSON of a prediction ``table`` from ``model.predict_tails``, ``predict_heads`` or ``predict``: what
     ``medkge predict --json`` prints and the server's ``/predict`` answers."""
     dim = table.meta["dim"]
-    return {
+    out = {
         "query": dict(zip(("head", "relation", "tail"), table.meta["query"], strict=True)),
         "dim": dim,
         "trained_sub_model": model.is_trained(dim),
         "exclude_known": table.meta["exclude_known"],
         "results": table.to_records(),
     }
+    if table.meta.get("funnel") is not None:
+        out["funnel"] = str(table.meta["funnel"])
+    return out
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", dataset: Dataset | str | Path | None = None):
+def similar_json(model: LabelledModel, table: Table) -> dict[str, Any]:
+    """The JSON of a :meth:`LabelledModel.similar` table (the server's ``/similar``)."""
+    dim = table.meta["dim"]
+    out = {
+        "entity": table.meta["entity"],
+        "dim": dim,
+        "trained_sub_model": model.is_trained(dim),
+        "measure": "cosine",
+        "results": table.to_records(),
+    }
+    if table.meta.get("funnel") is not None:
+        out["funnel"] = str(table.meta["funnel"])
+    return out
+
+
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dataset: Dataset | str | Path | None = None,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+):
     """Open a run folder or a cropped model folder (or its model.safetensors) as a :class:`LabelledModel`.
 
     ``dataset`` (a Dataset, bundled name or folder) supplies the known triples for ``exclude_known``
-    where the folder does not: a run folder uses its own dataset.
+    where the folder does not: a run folder uses its own dataset. ``cache_bytes``: memory for contiguous
+    copies of small dims (medkge.inference.CropCache).
     """
     folder = Path(path)
     if folder.is_file() and folder.name in (MODEL_FILE, INFO_FILE):
@@ -454,10 +521,16 @@ def load(path: str | Path, device: str | torch.device = "cpu", dataset: Dataset 
     if not folder.is_dir():
         raise MedkgeError(f"{path}: no such folder (expected a run folder or a cropped model folder)")
     if (folder / CONFIG_FILE).is_file():
-        return _load_run(folder, device, dataset)
-    if (folder / INFO_FILE).is_file():
-        return _load_cropped(folder, device, dataset)
-    raise MedkgeError(f"{folder}: not a medkge run folder nor a cropped model folder (no {CONFIG_FILE} or {INFO_FILE})")
+        model = _load_run(folder, device, dataset)
+    elif (folder / INFO_FILE).is_file():
+        model = _load_cropped(folder, device, dataset)
+    else:
+        raise MedkgeError(
+            f"{folder}: not a medkge run folder nor a cropped model folder (no {CONFIG_FILE} or {INFO_FILE})"
+        )
+    if model.inference.cache is not None:
+        model.inference.cache.budget = int(cache_bytes)
+    return model
 
 
 def _load_run(folder: Path, device: str | torch.device, dataset: Any) -> LabelledModel:
@@ -484,9 +557,9 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     if "sha256" in info and sha256_file(path) != info["sha256"]:
         raise MedkgeError(f"{path}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
-    valid = {model.dim: info["valid"]} if isinstance(info.get("valid"), dict) else None
+    recorded = {s: {model.dim: info[s]} for s in ("valid", "test") if isinstance(info.get(s), dict)}
     trained = [model.dim] if info.get("trained_sub_model") else []
-    return LabelledModel(model, entities, relations, trained_dims=trained, source=source, dataset=dataset, valid=valid)
+    return LabelledModel(model, entities, relations, trained_dims=trained, source=source, dataset=dataset, **recorded)
 
 
 def prepare_folder(out: str | Path, overwrite: bool) -> Path:
@@ -506,19 +579,3 @@ def prepare_folder(out: str | Path, overwrite: bool) -> Path:
 def folder_size(folder: Path) -> int:
     """Bytes of the files in ``folder`` (not recursive)."""
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
-
-
-def _resolve(value: Any, labels: list[str], index: dict[str, int], kind: str) -> int:
-    if isinstance(value, str):
-        if value in index:
-            return index[value]
-        hint = closest(value, labels) or f"; no {kind} label is close (they are listed in {_VOCAB_FILES[kind]})"
-        raise MedkgeError(f"unknown {kind} {value!r}{hint}")
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise MedkgeError(f"{kind} must be a label (str) or an id (int), got {value!r}")
-    i = value.__index__()
-    if not 0 <= i < len(labels):
-        raise MedkgeError(f"{kind} id {i} out of range (0 to {len(labels) - 1})")
-    return i

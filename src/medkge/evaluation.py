@@ -207,7 +207,7 @@ def _rank(
         num_candidates = len(candidates)
         if (position[triples[:, true_col]] < 0).any():
             raise MedkgeError(f"an evaluation triple's {side} is not among the {side} candidates")
-    index = _FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
+    index = FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
     q_step, _ = scorer.block_shape(len(triples), num_candidates)
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     for q0 in range(0, len(triples), q_step):
@@ -355,8 +355,9 @@ def unique_triples(triples: Tensor) -> Tensor:
     return torch.stack([keys // (r * e), keys // e % r, keys % e], dim=1)
 
 
-class _FilterIndex:
-    """Known triples sorted by (anchor, relation), to list the known answers of many queries at once."""
+class FilterIndex:
+    """Known triples sorted by (anchor, relation), to list the known answers of many queries at once
+    (filtered ranking here, ``exclude_known`` in medkge.inference)."""
 
     def __init__(self, known: Tensor, anchor_col: int, answer_col: int, num_relations: int):
         self.num_relations = num_relations
@@ -375,6 +376,9 @@ class _FilterIndex:
         starts = torch.cumsum(counts, 0) - counts
         offset = torch.arange(len(query), device=keys.device) - starts[query]
         return query, self.answers[lo[query] + offset]
+
+
+_FilterIndex = FilterIndex  # the name distributed.py imports
 
 
 class SampledCandidates:

@@ -39,7 +39,8 @@ from torch import Tensor
 from .datasets import Dataset
 from .errors import MedkgeError, closest
 from .evaluation import Metrics, Ties, evaluate
-from .model import CroppableModel
+from .inference import triple_scores
+from .model import BlockScorer, CroppableModel
 from .run import Run
 from .scoring import Prefix
 
@@ -241,22 +242,10 @@ def _answers_ahead(group: Tensor, size: Tensor, scores: Tensor, pairs: int = 1 <
     return out
 
 
-@torch.no_grad()
-def answer_scores(model: CroppableModel, prefix: Prefix, triples: Tensor, chunk: int = 4096) -> Tensor:
+def answer_scores(model: CroppableModel, prefix: Prefix, triples: Tensor) -> Tensor:
     """Scores ``[N, n]`` of triples for the sub-models ``prefix.dims``, as the sums evaluation ranks on,
     oriented so that higher is better (the model's final monotone step left out)."""
-    it, width = model.interaction, prefix.width
-    triples = triples.to(model.entity.device)
-    out = []
-    for c0 in range(0, len(triples), chunk):
-        h, r, t = triples[c0 : c0 + chunk].unbind(1)
-        r_rows = model.relation_rows(r)[..., :width]
-        query = it.query("tail", model.entity_rows(h)[..., :width], r_rows)
-        candidate = it.candidate("tail", model.entity_rows(t)[..., :width], r_rows)
-        out.append(prefix(it.terms(query, candidate)) * it.sum_sign)
-    if not out:
-        return model.entity.new_zeros(0, len(prefix.dims))
-    return torch.cat(out).cpu()
+    return triple_scores(BlockScorer(model, prefix), triples, finish=False) * model.interaction.sum_sign
 
 
 def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
