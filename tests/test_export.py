@@ -3,6 +3,7 @@ scores exactly what medkge scores."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -14,6 +15,7 @@ import medkge
 from medkge import MedkgeError
 from medkge.cli import main
 from medkge.export import export
+from medkge.files import sha256_file
 
 from .conftest import train_tiny
 from .test_deploy import labelled
@@ -125,3 +127,46 @@ def test_export_refuses_unknown_formats_and_non_empty_folders(tmp_path, capsys):
     model.save(tmp_path / "saved")
     code = main(["export", str(tmp_path / "saved"), "--format", "npy", "--dim", "20", "--out", str(tmp_path / "x")])
     assert code == 2 and "dim must be between 1 and 12" in capsys.readouterr().err
+
+
+def test_published_folders_hold_no_local_path_user_or_host_name(tmp_path, capsys):
+    import getpass
+    import socket
+
+    home = tmp_path / "trainer-home-7f3a"
+    run = home / "runs" / "kin"
+    train_tiny(run, model="rotate", dims=[4, 8], epochs=1)
+    out = tmp_path / "published"
+    assert main(["crop", str(run), "--dim", "6", "--out", str(out / "crop")]) == 0
+    assert main(["crop", str(out / "crop"), "--dim", "3", "--out", str(out / "crop-again")]) == 0
+    for fmt in ("npy", "tsv", "onnx"):
+        if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+            continue
+        assert main(["export", str(run), "--format", fmt, "--dim", "5", "--out", str(out / fmt)]) == 0
+    capsys.readouterr()
+    forbidden = [str(home), str(home.resolve()), "trainer-home-7f3a", getpass.getuser(), socket.gethostname()]
+    forbidden = [w.encode() for w in forbidden if len(w) >= 4]  # shorter names would match by chance
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert len(files) >= 10
+    for f in files:
+        data = f.read_bytes()
+        assert not [w for w in forbidden if w in data], f
+    source = json.loads((out / "crop-again" / "model.json").read_text())["source"]
+    run_info = medkge.Run.open(run)
+    assert source["run"] == "kin" and source["dataset"] == "nations" and "path" not in source
+    assert source["data_sha256"] == run_info.dataset().fingerprint()
+    assert source["config_sha256"] == sha256_file(run / "config.yaml")
+
+
+def test_export_or_crop_into_the_models_own_folder_is_refused(tmp_path, capsys):
+    model = float_model("distmult")
+    folder = model.save(tmp_path / "model")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    for args in (
+        ["export", str(folder), "--format", "npy", "--out", str(folder), "--force"],
+        ["crop", str(folder), "--dim", "3", "--out", str(folder), "--force"],
+    ):
+        assert main(args) == 2
+        assert "holds the model being written; choose another output folder" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert medkge.load(folder).dims == [12]

@@ -334,6 +334,12 @@ def test_start_up_errors_are_one_line_and_start_nothing(run_path, tmp_path, caps
     assert capsys.readouterr().err.strip() == f"medkge: error: {load_error.value}"  # checked as medkge.load checks
     assert main(["serve", str(run_path), "--dims", "4,20"]) == 2
     assert "has no dim 20" in capsys.readouterr().err
+    for port in ("70000", "-1"):  # 70000 listened on 4464 (70000 mod 65536) before it was refused
+        assert main(["serve", str(run_path), "--port", port]) == 2
+        assert (
+            capsys.readouterr().err
+            == f"medkge: error: --port must be from 1 to 65535 (or 0 for a free one), got {port}\n"
+        )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

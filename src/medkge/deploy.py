@@ -22,6 +22,7 @@ tensors only, so no code from a file ever runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,7 @@ class LabelledModel:
         # recorded metrics by dim, where no run holds them (a cropped model's model.json)
         self._recorded = {"valid": dict(valid or {}), "test": dict(test or {})}
         self._dataset: Dataset | None = None
+        self.folder: Path | None = None  # the folder it was loaded from (never written over)
         self.inference = Inference(
             self.models,
             Vocabulary(self.entities, "entity"),
@@ -208,7 +210,7 @@ class LabelledModel:
             "trained_sub_model": self.is_trained(self.dim),
             "entities": len(self.entities),
             "relations": len(self.relations),
-            "source": self.source,
+            "source": self.published_source(),
         }
         for split in ("valid", "test"):
             recorded = self.recorded_metrics(split)
@@ -223,6 +225,14 @@ class LabelledModel:
             f"LabelledModel({self.model_name}, dims={dims}, entities={len(self.entities)}, "
             f"relations={len(self.relations)}, from={where})"
         )
+
+    def published_source(self) -> dict[str, Any]:
+        """:attr:`source` with the data's checksum (sha256 over vocabularies and triples,
+        ``Dataset.fingerprint``) where the run's dataset is at hand: no path of this machine."""
+        if "data_sha256" not in self.source and self.run is not None:
+            with contextlib.suppress(MedkgeError):  # the dataset is not here: the model is still published
+                self.source["data_sha256"] = self.run.dataset().fingerprint()
+        return self.source
 
     # ---- labels and ids ----------------------------------------------------------------------
     def entity_id(self, entity: str | int, loc: Sequence[str | int] = ()) -> int:
@@ -254,7 +264,7 @@ class LabelledModel:
     def crop(self, dim: int) -> LabelledModel:
         """A ``dim``-dimensional model whose scores equal sub-model ``dim``'s; any 1 <= dim <= widest."""
         dim = self._check_dim(dim)
-        return LabelledModel(
+        cropped = LabelledModel(
             self.model_for(dim),
             self.entities,
             self.relations,
@@ -264,6 +274,8 @@ class LabelledModel:
             dataset=self._dataset,
             **{s: {dim: v[dim]} for s, v in self._recorded_all().items() if dim in v},
         )
+        cropped.folder = self.folder
+        return cropped
 
     def _recorded_all(self) -> dict[str, dict[int, dict[str, float]]]:
         return {s: self.recorded_metrics(s) or {} for s in ("valid", "test")}
@@ -462,7 +474,7 @@ class LabelledModel:
 
         ``overwrite`` replaces an earlier cropped model there; any other non-empty folder is refused.
         """
-        folder = prepare_folder(out, overwrite)
+        folder = prepare_folder(out, overwrite, self.folder)
         model = self.model_for(self.dim)
         save_model(folder / MODEL_FILE, model)
         write_vocab(folder / "entities.tsv", self.entities)
@@ -537,11 +549,29 @@ def _load_run(folder: Path, device: str | torch.device, dataset: Any) -> Labelle
     run = Run.open(folder, device)
     for m in run.models:
         m.requires_grad_(False)  # deployed models only infer: scores without autograd history
-    config = run.config
-    source = {"path": str(folder.resolve()), "method": config.method, "dataset": config.dataset, "dims": run.dims}
-    return LabelledModel(
-        run.models, run.entities, run.relations, trained_dims=run.dims, source=source, run=run, dataset=dataset
+    model = LabelledModel(
+        run.models, run.entities, run.relations, trained_dims=run.dims, source=run_source(run), run=run, dataset=dataset
     )
+    model.folder = folder.resolve()
+    return model
+
+
+def run_source(run: Run) -> dict[str, Any]:
+    """Where a model came from, as published files record it: the run's name (never its path), method,
+    dataset (a bundled name, or a dataset folder's name), trained dims and the sha256 of its config.yaml
+    (the data's checksum is added when a folder is written: :meth:`LabelledModel.info`)."""
+    config = run.config
+    source: dict[str, Any] = {
+        "run": run.path.resolve().name,
+        "method": config.method,
+        "dataset": Path(str(config.dataset)).name,
+        "dims": run.dims,
+        "config_sha256": sha256_file(run.path / CONFIG_FILE),
+    }
+    teacher = getattr(getattr(config, "distill", None), "teacher", None)
+    if config.method in ("bkd", "dualde") and teacher:
+        source["teacher"] = Path(str(teacher)).name  # the teacher run's name, not its path
+    return source
 
 
 def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> LabelledModel:
@@ -557,16 +587,24 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     if "sha256" in info and sha256_file(path) != info["sha256"]:
         raise MedkgeError(f"{path}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
+    source = {k: v for k, v in source.items() if k != "path"}  # folders written before paths were left out
     recorded = {s: {model.dim: info[s]} for s in ("valid", "test") if isinstance(info.get(s), dict)}
     trained = [model.dim] if info.get("trained_sub_model") else []
-    return LabelledModel(model, entities, relations, trained_dims=trained, source=source, dataset=dataset, **recorded)
+    labelled = LabelledModel(
+        model, entities, relations, trained_dims=trained, source=source, dataset=dataset, **recorded
+    )
+    labelled.folder = folder.resolve()
+    return labelled
 
 
-def prepare_folder(out: str | Path, overwrite: bool) -> Path:
-    """An output folder that is new or empty (or, with ``overwrite``, holds earlier medkge output)."""
+def prepare_folder(out: str | Path, overwrite: bool, source: Path | None = None) -> Path:
+    """An output folder that is new or empty (or, with ``overwrite``, holds earlier medkge output); never
+    ``source``, the folder the model being written was loaded from (a run's or a cropped model's)."""
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise MedkgeError(f"{folder}: exists and is not a folder")
+    if source is not None and folder.exists() and folder.resolve() == Path(source).resolve():
+        raise MedkgeError(f"{folder} holds the model being written; choose another output folder")
     if folder.is_dir() and any(folder.iterdir()):
         if (folder / CONFIG_FILE).exists():
             raise MedkgeError(f"{folder} holds a run; choose another output folder")

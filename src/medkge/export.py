@@ -59,7 +59,7 @@ def export(model: LabelledModel, fmt: str, out: str | Path, dim: int | None = No
     small = model.crop(model.dim if dim is None else dim)
     cropped = small.model_for()
     graph = onnx_model(cropped) if fmt == "onnx" else None  # before creating the folder: onnx may be missing
-    folder = prepare_folder(out, overwrite)
+    folder = prepare_folder(out, overwrite, model.folder)
     entity, relation = tables(cropped)
     if fmt == "npy":
         np.save(buffer := io.BytesIO(), entity)

@@ -102,7 +102,9 @@ def from_validation(error: RequestValidationError, limits: Any, dims: str, known
     problems = list(error.errors())
     if any(p.get("type") == "json_invalid" for p in problems):
         return ApiError(400, "malformed JSON in the request body")
-    first = problems[0] if problems else {"loc": (), "msg": "invalid request", "type": ""}
+    # a misspelt field is also a missing one: name the typo, with the field it was meant to be
+    typos = [p for p in problems if p.get("type") == "extra_forbidden"]
+    first = (typos or problems or [{"loc": (), "msg": "invalid request", "type": ""}])[0]
     loc = [x for x in first.get("loc", ()) if x not in ("query", "body")]
     # a union's branch names (str, int, function-after[...]) are not fields
     loc = [x for x in loc if isinstance(x, int) or (x.replace("_", "a").isalpha() and x not in _BRANCHES)]
