@@ -57,7 +57,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_a_cropped_model_folder_scores_like_the_runs_sub_model(run_path, run, tmp_path, d):
     model = medkge.load(run_path)
     folder = model.crop(d).save(tmp_path / "crop")
-    files = ["entities.tsv", "model.json", "model.safetensors", "relations.tsv"]
+    files = ["README.md", "entities.tsv", "model.json", "model.safetensors", "relations.tsv"]
     assert sorted(p.name for p in folder.iterdir()) == files
     loaded = medkge.load(folder)
     info = json.loads((folder / "model.json").read_text())

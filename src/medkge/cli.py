@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("relevant", "min"),
         help="recall@k = hits / relevant answers (default), or hits / min(k, relevant answers)",
     )
+    p.add_argument(
+        "--funnel",
+        metavar="D:K",
+        help="also the filtered metrics of the funnel: shortlist K answers with the D-d prefix, rerank them at each "
+        "dim (an answer outside the shortlist ranks after all K); printed beside exact ranking",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, required=True, help="any dim from 1 to the run's widest")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the cropped model into")
     p.add_argument("--force", action="store_true", help="overwrite an earlier export or crop in DIR")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8"),
+        help="how the tables are stored (default: the source's; int8: one scale per entity row, a quarter the bytes)",
+    )
     p.add_argument("--json", action="store_true", help="print the model description as JSON")
     p.set_defaults(handler=cmd_crop)
 
@@ -177,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, metavar="N", help="stop after N requests")
     p.add_argument("--max-seconds", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--index",
+        metavar="DIMS",
+        help="build an approximate nearest-neighbour index (faiss HNSW; the ann extra) for /similar at these dims",
+    )
     p.add_argument("--openapi", action="store_true", help="print the OpenAPI schema (JSON) and exit, serving nothing")
     p.set_defaults(handler=cmd_serve)
 
@@ -186,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, help="the dim to export (default: the widest)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     p.add_argument("--force", action="store_true", help="overwrite an earlier export or crop in DIR")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="npy only: how the arrays are stored (int8: entity_scale.npy holds one scale per entity row)",
+    )
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("select", help="the smallest sub-model that is good enough on validation")
@@ -347,11 +369,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "sampled_seed": args.sampled_seed,
     }
     metrics = run.evaluate(args.split, dims, ties=args.ties, progress=not args.quiet, **protocol)
+    if args.funnel:
+        return _evaluate_funnel(args, run, metrics)
     if args.json:
         print(metrics.to_json())
     else:
         print(f"{args.split} metrics ({metrics.describe()}) of {run.path}:")
         print(metrics.table())
+    return 0
+
+
+def _evaluate_funnel(args: argparse.Namespace, run: Any, exact: Any) -> int:
+    from .funnel import evaluate_funnel
+    from .inference import Funnel
+
+    if len(run.models) != 1:
+        raise MedkgeError("--funnel needs a croppable (MED) run: it shortlists with a prefix of the one table")
+    if exact.protocol != "full":
+        raise MedkgeError("--funnel ranks all entities: use --protocol full")
+    funnel = Funnel.parse(args.funnel, ("--funnel",))
+    assert funnel is not None
+    ties = args.ties or run.config.eval.ties
+    metrics = evaluate_funnel(
+        run.model, run.dataset(), funnel, exact.dims, args.split, ties=ties, progress=not args.quiet
+    )
+    if args.json:
+        print(json.dumps({"exact": exact.to_dict(), "funnel": metrics.to_dict()}, indent=2))
+        return 0
+    print(f"{args.split} metrics ({exact.describe()}) of {run.path}, exact ranking:")
+    print(exact.table())
+    print(f"\nthe funnel {funnel}: every entity scored with the {funnel.dim}-d prefix, the best {funnel.k} reranked")
+    print("at each dim; a true answer outside the shortlist ranks after all of them (at its own rank by the prefix):")
+    print(metrics.table())
     return 0
 
 
@@ -453,12 +502,15 @@ def cmd_crop(args: argparse.Namespace) -> int:
 
     source = load(args.model)
     cropped = source.crop(args.dim)
-    folder = cropped.save(args.out, overwrite=args.force)
-    info = cropped.info()
+    folder = cropped.save(args.out, overwrite=args.force, dtype=args.dtype)
+    info = json.loads((folder / "model.json").read_text())
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"wrote the {args.dim}-d {cropped.model_name} model to {folder} ({_size(folder_size(folder))})")
+    print(
+        f"wrote the {args.dim}-d {cropped.model_name} model ({info['dtype']}) to {folder} "
+        f"({_size(folder_size(folder))}, model card README.md)"
+    )
     print(_trained_note(source, args.dim, info, args.model))
     return 0
 
@@ -528,6 +580,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         dims=dims,
+        index=_parse_dims(args.index, "--index") if args.index else (),
         dataset=args.dataset,
         device=args.device,
         workers=args.workers,
@@ -549,7 +602,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     dim = model.dim if args.dim is None else args.dim
-    folder = export(model, args.format, args.out, dim=dim, overwrite=args.force)
+    folder = export(model, args.format, args.out, dim=dim, overwrite=args.force, dtype=args.dtype)
     print(f"exported the {dim}-d {model.model_name} model as {args.format} to {folder}:")
     files = sorted(f for f in folder.iterdir() if f.is_file())
     print(_table(["file", "bytes"], [[f.name, f"{f.stat().st_size:,}"] for f in files], align_left=True))

@@ -10,10 +10,13 @@ which speaks labels (or ids) instead of tensors::
 
 A cropped model folder holds::
 
-    model.safetensors             the tables cropped to one dim (spec in the header, see files.py)
+    model.safetensors             the tables cropped to one dim (spec in the header, see files.py), in float32,
+                                  float16 or int8 (medkge.quantize; loaded back as float32)
     entities.tsv, relations.tsv   the vocabularies: id <TAB> label
-    model.json                    model type, dim, gamma, whether dim was a trained sub-model, the source run,
-                                  and the sha256 of model.safetensors
+    model.json                    model type, dim, dtype, gamma, whether dim was a trained sub-model, the source
+                                  (the run's name, config and data checksums: no path), the trained dims'
+                                  metrics and budget, and the sha256 of model.safetensors
+    README.md                     the model card (medkge.card), ready for a model hub
 
 Loading checks a model file's header (tensor names, dtypes, shapes against the recorded spec) before
 anything is allocated from it, and a cropped model file against its checksum; safetensors holds raw
@@ -30,9 +33,11 @@ from typing import Any
 
 import torch
 
+from . import card, quantize
+from .card import CARD_FILE
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
-from .files import MODEL_FILE, load_model, read_json, read_vocab, save_model, sha256_file, write_json, write_vocab
+from .files import MODEL_FILE, atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
 from .inference import DEFAULT_CACHE_BYTES, Funnel, Inference, Query, QueryError, Vocabulary, echo
 from .model import CroppableModel
 from .run import CONFIG_FILE, Run
@@ -162,6 +167,8 @@ class LabelledModel:
         self._recorded = {"valid": dict(valid or {}), "test": dict(test or {})}
         self._dataset: Dataset | None = None
         self.folder: Path | None = None  # the folder it was loaded from (never written over)
+        self.dtype = "float32"  # how its model file stores the tables (medkge.quantize)
+        self.card: dict[str, Any] = {}  # a cropped folder's training record, for its crops' model cards
         self.inference = Inference(
             self.models,
             Vocabulary(self.entities, "entity"),
@@ -197,9 +204,10 @@ class LabelledModel:
         """Whether ``dim`` was trained as a sub-model (and so checked on validation)."""
         return int(dim) in self.trained_dims
 
-    def info(self) -> dict[str, Any]:
-        """What a cropped model folder records in model.json."""
+    def info(self, dtype: str | None = None) -> dict[str, Any]:
+        """What a cropped model folder records in model.json (written in ``dtype``, default the model's)."""
         model = self.model_for(self.dim)
+        dtype = dtype or self.dtype
         info: dict[str, Any] = {
             "format": CROPPED_FORMAT,
             "version": CROPPED_VERSION,
@@ -211,7 +219,11 @@ class LabelledModel:
             "entities": len(self.entities),
             "relations": len(self.relations),
             "source": self.published_source(),
+            "dtype": dtype,
+            "training": card.card_data(self),  # the trained dims' metrics and the budget, for the model card
         }
+        if dtype == "int8":
+            info["quantization"] = quantize.INT8_NOTE
         for split in ("valid", "test"):
             recorded = self.recorded_metrics(split)
             if recorded is not None and self.dim in recorded:
@@ -274,7 +286,7 @@ class LabelledModel:
             dataset=self._dataset,
             **{s: {dim: v[dim]} for s, v in self._recorded_all().items() if dim in v},
         )
-        cropped.folder = self.folder
+        cropped.folder, cropped.dtype, cropped.card = self.folder, self.dtype, self.card
         return cropped
 
     def _recorded_all(self) -> dict[str, dict[int, dict[str, float]]]:
@@ -373,12 +385,12 @@ class LabelledModel:
         shortlist = Funnel.parse(funnel)
         if shortlist is not None:
             self.inference.check_dim(shortlist.dim, ("funnel",))
-        ids, values = self.inference.similar(e, k, d, shortlist)
+        ids, values, method = self.inference.similar(e, k, d, shortlist)
         records = [
             {"rank": i + 1, "entity": self.entities[j], "id": j, "similarity": s}
             for i, (j, s) in enumerate(zip(ids, values, strict=True))
         ]
-        meta = {"entity": self.entities[e], "dim": d} | ({"funnel": shortlist} if shortlist else {})
+        meta = {"entity": self.entities[e], "dim": d, "method": method} | ({"funnel": shortlist} if shortlist else {})
         return Table(records, ["rank", "entity", "id", "similarity"], **meta)
 
     # ---- known triples -------------------------------------------------------------------------
@@ -469,18 +481,22 @@ class LabelledModel:
             return None
 
     # ---- saving ------------------------------------------------------------------------------
-    def save(self, out: str | Path, overwrite: bool = False) -> Path:
+    def save(self, out: str | Path, overwrite: bool = False, dtype: str | None = None) -> Path:
         """Write the widest dim as a cropped model folder (see the module docstring); returns its path.
 
-        ``overwrite`` replaces an earlier cropped model there; any other non-empty folder is refused.
+        ``dtype``: float32, float16 or int8 (medkge.quantize; default: the model's own). ``overwrite`` replaces
+        an earlier cropped model there; any other non-empty folder, and the model's own, are refused.
         """
+        dtype = quantize.check_dtype(dtype or self.dtype)
         folder = prepare_folder(out, overwrite, self.folder)
-        model = self.model_for(self.dim)
-        save_model(folder / MODEL_FILE, model)
+        quantize.save(folder / MODEL_FILE, self.model_for(self.dim), dtype)
         write_vocab(folder / "entities.tsv", self.entities)
         write_vocab(folder / "relations.tsv", self.relations)
+        info = self.info(dtype) | {"sha256": sha256_file(folder / MODEL_FILE)}
+        files = [MODEL_FILE, "entities.tsv", "relations.tsv", INFO_FILE]
+        atomic_write(folder / CARD_FILE, card.render(info, info["training"], files))
         # last: its presence marks a complete folder; the checksum catches a model file changed since
-        write_json(folder / INFO_FILE, self.info() | {"sha256": sha256_file(folder / MODEL_FILE)})
+        write_json(folder / INFO_FILE, info)
         return folder
 
 
@@ -512,6 +528,8 @@ def similar_json(model: LabelledModel, table: Table) -> dict[str, Any]:
     }
     if table.meta.get("funnel") is not None:
         out["funnel"] = str(table.meta["funnel"])
+    if table.meta.get("method") not in (None, "exact") and table.meta.get("funnel") is None:
+        out["index"] = table.meta["method"]
     return out
 
 
@@ -579,7 +597,10 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     if not isinstance(info, dict) or info.get("format") != CROPPED_FORMAT:
         raise MedkgeError(f"{folder / INFO_FILE}: not a medkge cropped model description")
     path = folder / MODEL_FILE
-    model = load_model(path, device).requires_grad_(False)
+    dtype = info.get("dtype", "float32")
+    if dtype not in quantize.DTYPES:
+        raise MedkgeError(f"{folder / INFO_FILE}: unknown dtype {echo(dtype)}")
+    model = quantize.load(path, dtype, device).requires_grad_(False)
     if model.dims != (info.get("dim"),) or model.model_name != info.get("model"):
         raise MedkgeError(f"{folder}: {INFO_FILE} does not describe {MODEL_FILE} (model or dim differ)")
     entities = read_vocab(folder / "entities.tsv")
@@ -593,7 +614,8 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     labelled = LabelledModel(
         model, entities, relations, trained_dims=trained, source=source, dataset=dataset, **recorded
     )
-    labelled.folder = folder.resolve()
+    labelled.folder, labelled.dtype = folder.resolve(), dtype
+    labelled.card = info.get("training") if isinstance(info.get("training"), dict) else {}
     return labelled
 
 

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from . import card, quantize
+from .card import CARD_FILE
 from .errors import MedkgeError
 from .files import atomic_write, write_json, write_vocab
 
@@ -50,22 +53,38 @@ ONNX_IR_VERSION = 8  # the IR version of opset 17: runs on any onnxruntime >= 1.
 _PROTOBUF_LIMIT = 2**31 - 1  # one ONNX file without external data
 
 
-def export(model: LabelledModel, fmt: str, out: str | Path, dim: int | None = None, overwrite: bool = False) -> Path:
-    """Write the ``dim``-dimensional model (default: the widest) in format ``fmt`` into folder ``out``."""
+def export(
+    model: LabelledModel,
+    fmt: str,
+    out: str | Path,
+    dim: int | None = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+) -> Path:
+    """Write the ``dim``-dimensional model (default: the widest) in format ``fmt`` into folder ``out``;
+    ``dtype`` (npy only): float32, float16 (both tables) or int8 (entity.npy int8 with entity_scale.npy, one
+    float32 scale per row; relations float32), as medkge.quantize describes."""
     from .deploy import prepare_folder
 
     if fmt not in FORMATS:
         raise MedkgeError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if quantize.check_dtype(dtype) != "float32" and fmt != "npy":
+        raise MedkgeError(f"--dtype {dtype} applies to the npy format (and to medkge crop), not to {fmt}")
     small = model.crop(model.dim if dim is None else dim)
     cropped = small.model_for()
     graph = onnx_model(cropped) if fmt == "onnx" else None  # before creating the folder: onnx may be missing
     folder = prepare_folder(out, overwrite, model.folder)
     entity, relation = tables(cropped)
     if fmt == "npy":
-        np.save(buffer := io.BytesIO(), entity)
-        atomic_write(folder / "entity.npy", buffer.getvalue())
-        np.save(buffer := io.BytesIO(), relation)
-        atomic_write(folder / "relation.npy", buffer.getvalue())
+        arrays = {"entity": entity, "relation": relation}
+        if dtype == "float16":
+            arrays = {name: table.astype(np.float16) for name, table in arrays.items()}
+        elif dtype == "int8":
+            q, scale = quantize.quantize_rows(torch.from_numpy(entity))
+            arrays |= {"entity": q.numpy(), "entity_scale": scale.numpy()}
+        for name, table in arrays.items():
+            np.save(buffer := io.BytesIO(), table)
+            atomic_write(folder / f"{name}.npy", buffer.getvalue())
     elif fmt == "tsv":
         for name, table, labels in (("entity", entity, small.entities), ("relation", relation, small.relations)):
             atomic_write(folder / f"{name}_vectors.tsv", _tsv(table.reshape(len(table), -1)))
@@ -76,7 +95,9 @@ def export(model: LabelledModel, fmt: str, out: str | Path, dim: int | None = No
     if fmt != "tsv":
         write_vocab(folder / "entities.tsv", small.entities)
         write_vocab(folder / "relations.tsv", small.relations)
-    info = small.info() | {"format": f"medkge-export-{fmt}", "layout": layout(cropped)}
+    info = small.info(dtype) | {"format": f"medkge-export-{fmt}", "layout": layout(cropped)}
+    files = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    atomic_write(folder / CARD_FILE, card.render(info, info["training"], [*files, "model.json"]))
     write_json(folder / "model.json", info)
     return folder
 

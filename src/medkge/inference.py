@@ -277,6 +277,30 @@ def triple_scores(scorer: BlockScorer, triples: Tensor, finish: bool = True, chu
     return torch.cat(out).cpu()
 
 
+@torch.no_grad()
+def score_all(scorer: BlockScorer, side: Side, anchors: Tensor, relations: Tensor, finish: bool = True) -> Tensor:
+    """Scores ``[B, entities]`` of every entity as the ``side`` of (anchor, relation), the scorer's first dim."""
+    num = scorer.num_entities
+    device = scorer.source.device
+    anchors, relations = anchors.to(device), relations.to(device)
+    out = scorer.source.new_empty(len(anchors), num)
+    q_step, c_step = scorer.block_shape(len(anchors), num)
+    for q0 in range(0, len(anchors), q_step):
+        q = slice(q0, q0 + q_step)
+        query, r_rows = scorer.queries(side, anchors[q], relations[q])
+        for c0 in range(0, num, c_step):  # candidates as slices: views of the table, never gathered copies
+            out[q, c0 : c0 + c_step] = scorer.block(side, query, r_rows, slice(c0, c0 + c_step), finish)[..., 0]
+    return out.cpu()
+
+
+@torch.no_grad()
+def score_own(scorer: BlockScorer, side: Side, anchors: Tensor, relations: Tensor, candidates: Tensor) -> Tensor:
+    """Scores ``[B, C]`` of each query's own candidates ``[B, C]`` for the scorer's sub-models ``[B, C, n]``."""
+    device = scorer.source.device
+    query, r_rows = scorer.queries(side, anchors.to(device), relations.to(device))
+    return scorer.per_query(side, query, r_rows, candidates.to(device)).cpu()
+
+
 class Inference:
     """Answers of ``models`` (one croppable model, or one model per dim for DT runs) by label or id.
 
@@ -304,6 +328,7 @@ class Inference:
                     m.entity.copy_(m.entity_table())
                 m.normalize_entities = False
         self.cache = CropCache(self.models[0], cache_bytes) if len(self.models) == 1 else None
+        self.indexes: dict[int, Any] = {}  # dim: medkge.ann.NearestIndex
         self._known_source = known
         self._known: KnownAnswers | None = None
         self._lock = threading.RLock()  # the known triples' source may call use_known (a cropped model's dataset)
@@ -395,29 +420,13 @@ class Inference:
             return self._known
 
     # ---- scoring -----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def scores(self, side: Side, anchors: Tensor, relations: Tensor, dim: int, finish: bool = True) -> Tensor:
         """Scores ``[B, entities]`` of every entity as the ``side`` of (anchor, relation) at ``dim``."""
-        scorer = self.scorer(dim)
-        num = scorer.num_entities
-        device = scorer.source.device
-        anchors, relations = anchors.to(device), relations.to(device)
-        out = scorer.source.new_empty(len(anchors), num)
-        q_step, c_step = scorer.block_shape(len(anchors), num)
-        for q0 in range(0, len(anchors), q_step):
-            q = slice(q0, q0 + q_step)
-            query, r_rows = scorer.queries(side, anchors[q], relations[q])
-            for c0 in range(0, num, c_step):  # candidates as slices: views of the table, never gathered copies
-                out[q, c0 : c0 + c_step] = scorer.block(side, query, r_rows, slice(c0, c0 + c_step), finish)[..., 0]
-        return out.cpu()
+        return score_all(self.scorer(dim), side, anchors, relations, finish)
 
-    @torch.no_grad()
     def rescore(self, side: Side, anchors: Tensor, relations: Tensor, candidates: Tensor, dim: int) -> Tensor:
         """Scores ``[B, C]`` of each query's own candidates ``[B, C]`` at ``dim``."""
-        scorer = self.scorer(dim)
-        device = scorer.source.device
-        query, r_rows = scorer.queries(side, anchors.to(device), relations.to(device))
-        return scorer.per_query(side, query, r_rows, candidates.to(device))[..., 0].cpu()
+        return score_own(self.scorer(dim), side, anchors, relations, candidates)[..., 0]
 
     def score_triples(self, triples: Tensor, dim: int) -> Tensor:
         """Scores ``[N]`` of (h, r, t) id triples ``[N, 3]`` at ``dim``."""
@@ -465,11 +474,23 @@ class Inference:
             answers.append(Answer(q, ids.tolist(), top.values[row, :n].tolist()))
         return answers
 
+    def build_index(self, dim: int) -> None:
+        """Build the approximate nearest-neighbour index of the ``dim``-d rows (medkge.ann) for :meth:`similar`."""
+        from .ann import NearestIndex
+
+        self.indexes[dim] = NearestIndex(self.entity_vectors(self.check_dim(dim)))
+
     @torch.no_grad()
-    def similar(self, entity: int, k: int, dim: int, funnel: Funnel | None = None) -> tuple[list[int], list[float]]:
+    def similar(
+        self, entity: int, k: int, dim: int, funnel: Funnel | None = None
+    ) -> tuple[list[int], list[float], str]:
         """The ``k`` entities nearest to ``entity`` by cosine similarity of their ``dim``-d embeddings (all
-        parts, e.g. real and imaginary, flattened), the entity itself left out; exactly, or through ``funnel``
-        (shortlist by the cosine of the ``funnel.dim`` prefix)."""
+        parts, e.g. real and imaginary, flattened), the entity itself left out, and how they were found:
+        through ``funnel`` (shortlist by the cosine of the ``funnel.dim`` prefix) when given, else through the
+        dim's approximate index when one was built (:meth:`build_index`), else exactly ("exact")."""
+        if funnel is None and dim in self.indexes:
+            ids, values = self.indexes[dim].search(entity, k)
+            return ids, values, self.indexes[dim].name
         first = dim if funnel is None or funnel.dim >= dim else funnel.dim
         cosine = self._cosine(entity, first, None)
         cosine[entity] = -torch.inf
@@ -479,9 +500,9 @@ class Inference:
             shortlist = torch.topk(cosine, min(funnel.k, num - 1)).indices
             cosine = self._cosine(entity, dim, shortlist)
             top = torch.topk(cosine, min(k, len(shortlist)))
-            return shortlist[top.indices].tolist(), top.values.tolist()
+            return shortlist[top.indices].tolist(), top.values.tolist(), f"funnel {funnel}"
         top = torch.topk(cosine, min(k, num - 1))
-        return top.indices.tolist(), top.values.tolist()
+        return top.indices.tolist(), top.values.tolist(), "exact"
 
     def entity_vectors(self, dim: int) -> Tensor:
         """The ``dim``-d entity rows ``[entities, parts, dim]`` (a view of the one table, or a cached copy)."""

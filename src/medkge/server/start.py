@@ -58,6 +58,7 @@ def serve(
     port: int = 8000,
     *,
     dims: Sequence[int] | None = None,
+    index: Sequence[int] = (),
     dataset: str | Path | None = None,
     device: str = "cpu",
     workers: int | None = None,
@@ -73,7 +74,8 @@ def serve(
 ) -> None:
     """Serve the run or cropped model at ``path`` on http://host:port until interrupted (or until
     ``max_requests`` requests or ``max_seconds`` seconds). Port 0 takes a free port; the first line
-    ``announce``\\ d names the address.
+    ``announce``\\ d names the address. ``index``: dims whose /similar uses an approximate index (medkge.ann),
+    built before the server starts.
 
     ``workers`` scoring threads (default: one per core) each run torch ops on ``threads`` threads (default
     1: one query is too little work to share, and on a loaded machine a second thread waits for a core).
@@ -101,6 +103,10 @@ def serve(
         model.inference.cache.trim_memory = not tune_malloc
     limits = limits or Limits()
     app = create_app(model, dims, limits, workers=workers, batching=batching)
+    for d in index:
+        if d not in app.state.dims:
+            raise MedkgeError(f"--index: dim {d} is not served (the dims are {span(app.state.dims)})")
+        model.inference.build_index(d)
     sock = listen(host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
