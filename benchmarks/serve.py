@@ -66,6 +66,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=1800, help="the server stops after this, whatever happens")
     p.add_argument("--batch-models", default="rotate,distmult", help="models for the in-process batching test")
     p.add_argument("--server-args", default="", help="more options for medkge serve, e.g. '--tune-malloc'")
+    p.add_argument("--run", help="serve this trained run (queries: its test triples) instead of random tables")
+    p.add_argument(
+        "--funnels",
+        default="",
+        help="also each funnel=D:K setting at every dim (e.g. 10:200,20:200), beside exact ranking",
+    )
     return p.parse_args()
 
 
@@ -218,19 +224,28 @@ def main() -> None:
     dims = [int(d) for d in args.dims.split(",")]
     client_counts = [int(c) for c in args.clients.split(",")]
     start_dim, stop_dim, step = (int(x) for x in args.full_dims.split(":"))
-    dataset = medkge.load_dataset(args.dataset)
-    full = medkge.CroppableModel(
-        args.model,
-        dataset.num_entities,
-        dataset.num_relations,
-        range(start_dim, stop_dim + 1, step),
-        generator=torch.Generator().manual_seed(0),
-    ).requires_grad_(False)
-    model = LabelledModel(full, dataset.entities, dataset.relations, source={"dataset": args.dataset})
     total = args.warmup + args.requests
     g = torch.Generator().manual_seed(1)
-    heads = torch.randint(dataset.num_entities, (total,), generator=g).tolist()
-    relations = torch.randint(dataset.num_relations, (total,), generator=g).tolist()
+    if args.run:  # a trained run: its own test triples as queries
+        model = medkge.load(args.run)
+        dataset, full = model.dataset(), model.models[0]
+        chosen = dataset.test[torch.randint(len(dataset.test), (total,), generator=g)]
+        heads, relations = chosen[:, 0].tolist(), chosen[:, 1].tolist()
+        args.model, args.dataset = full.model_name, dataset.name
+        args.in_process, args.batch_models, args.compare_batching, args.sweep_dims = 0, "", False, False
+    else:
+        dataset = medkge.load_dataset(args.dataset)
+        full = medkge.CroppableModel(
+            args.model,
+            dataset.num_entities,
+            dataset.num_relations,
+            range(start_dim, stop_dim + 1, step),
+            generator=torch.Generator().manual_seed(0),
+        ).requires_grad_(False)
+        model = LabelledModel(full, dataset.entities, dataset.relations, source={"dataset": args.dataset})
+        heads = torch.randint(dataset.num_entities, (total,), generator=g).tolist()
+        relations = torch.randint(dataset.num_relations, (total,), generator=g).tolist()
+    funnels = [None, *[f for f in args.funnels.split(",") if f]]
     print(
         f"{args.model} on {args.dataset}-sized tables ({dataset.num_entities:,} entities, d_n = {full.dim}), "
         f"GET /predict k={args.k}, loopback, server and clients on this machine, torch {torch.__version__}; "
@@ -259,7 +274,7 @@ def main() -> None:
         batch_gain(dataset, args.batch_models.split(","), dims, heads, relations)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = model.save(Path(tmp) / "model")
+        folder = Path(args.run) if args.run else model.save(Path(tmp) / "model")
         servers = [("on", ())] + ([("off", ("--no-batching",))] if args.compare_batching else [])
         results = []
         for batching, extra in servers:
@@ -273,19 +288,22 @@ def main() -> None:
                     )
                 counts = client_counts if batching == "on" else [max(client_counts)]
                 for dim in dims:
-                    queries = [
-                        {"head": dataset.entities[h], "relation": dataset.relations[r], "k": args.k, "dim": dim}
-                        for h, r in zip(heads, relations, strict=True)
-                    ]
-                    for clients in counts:
-                        figures = asyncio.run(cell(url, queries, clients, args))
-                        results.append({"dim": dim, "clients": clients, "batching": batching, **figures})
-                        print(
-                            f"  dim {dim}, {clients} client(s), batching {batching}: {figures['requests']} requests, "
-                            f"p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms, "
-                            f"{figures['rps']:.1f} req/s",
-                            flush=True,
-                        )
+                    for funnel in funnels if batching == "on" else [None]:
+                        queries = [
+                            {"head": dataset.entities[h], "relation": dataset.relations[r], "k": args.k, "dim": dim}
+                            | ({"funnel": funnel} if funnel else {})
+                            for h, r in zip(heads, relations, strict=True)
+                        ]
+                        for clients in counts:
+                            figures = asyncio.run(cell(url, queries, clients, args))
+                            row = {"dim": dim, "clients": clients, "batching": batching, "funnel": funnel or "exact"}
+                            results.append(row | figures)
+                            print(
+                                f"  dim {dim}, {row['funnel']}, {clients} client(s), batching {batching}: "
+                                f"{figures['requests']} requests, p50 {figures['p50']:.1f} ms, "
+                                f"p99 {figures['p99']:.1f} ms, {figures['rps']:.1f} req/s",
+                                flush=True,
+                            )
                 if batching == "on" and args.sweep_dims:
                     before = memory(process.pid)
                     sweep = [
@@ -304,12 +322,16 @@ def main() -> None:
                 stop(process)
 
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-    print("\n| dim | clients | batching | requests | p50 (ms) | p99 (ms) | requests/s |")
-    print("|---:|---:|:---:|---:|---:|---:|---:|")
-    for r in sorted(results, key=lambda r: (r["dim"], r["clients"], r["batching"] == "off")):
+    print("\n| dim | ranking | clients | batching | requests | p50 (ms) | p99 (ms) | requests/s |")
+    print("|---:|---|---:|:---:|---:|---:|---:|---:|")
+    exact_rps = {
+        (r["dim"], r["clients"]): r["rps"] for r in results if r["funnel"] == "exact" and r["batching"] == "on"
+    }
+    for r in sorted(results, key=lambda r: (r["dim"], r["funnel"] != "exact", r["clients"], r["batching"] == "off")):
+        gain = "" if r["funnel"] == "exact" else f" ({r['rps'] / exact_rps[(r['dim'], r['clients'])]:.1f}x exact)"
         print(
-            f"| {r['dim']} | {r['clients']} | {r['batching']} | {r['requests']} | {r['p50']:.1f} | "
-            f"{r['p99']:.1f} | {r['rps']:.1f} |"
+            f"| {r['dim']} | {r['funnel']} | {r['clients']} | {r['batching']} | {r['requests']} | {r['p50']:.1f} | "
+            f"{r['p99']:.1f} | {r['rps']:.1f}{gain} |"
         )
 
 
