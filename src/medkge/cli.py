@@ -300,20 +300,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out = args.out or str(Path("runs") / default_run_name(cfg))
         if rank == 0:
             print(f"training {cfg.method} {cfg.model.name} on {cfg.dataset} -> {args.out}", file=sys.stderr)
-    if distributed:
-        if threads is not None:
-            raise MedkgeError("--set train.threads with --resume is for a single-process run, not under torchrun")
-        from .distributed import train_distributed
-
-        train_distributed(cfg, Path(args.out), progress, resume=bool(args.resume))
-        path = Path(args.out)
-    else:
-        run = (
-            resume(args.resume, progress=progress, threads=threads)
-            if args.resume
-            else train(cfg, out=args.out, progress=progress)
-        )
-        path = run.path
+    run = (
+        resume(args.resume, progress=progress, threads=threads)
+        if args.resume
+        else train(cfg, out=args.out, progress=progress)
+    )
+    path = Path(args.out) if run is None else run.path
     if rank:
         return 0
     from .evaluation import Metrics
