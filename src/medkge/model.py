@@ -40,7 +40,8 @@ class CroppableModel(nn.Module):
 
     Args:
         model: one of transe, distmult, complex, rotate, simple, pairre.
-        num_entities, num_relations: table sizes.
+        num_entities: rows of the entity table.
+        num_relations: rows of the relation table.
         dims: increasing sub-model dimensions; the tables are ``dims[-1]`` wide. "Dimension" follows each
             model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
         gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
