@@ -6,17 +6,9 @@ which speaks labels (or ids) instead of tensors::
     model = medkge.load("runs/kin")
     model.predict_tails("person12", "term5", k=10, dim=20)
     small = model.crop(20)          # any dim from 1 to the widest, not only the trained ones
-    small.save("models/kin-20")     # a standalone folder: needs neither the run nor its training state
+    small.save("runs/kin-20")       # a standalone folder: needs neither the run nor its training state
 
-A cropped model folder holds::
-
-    model.safetensors             the tables cropped to one dim (spec in the header, see files.py), in float32,
-                                  float16 or int8 (medkge.quantize; loaded back as float32)
-    entities.tsv, relations.tsv   the vocabularies: id <TAB> label
-    model.json                    model type, dim, dtype, gamma, whether dim was a trained sub-model, the source
-                                  (the run's name, config and data checksums: no path), the trained dims'
-                                  metrics and budget, and the sha256 of model.safetensors
-    README.md                     the model card (medkge.card), ready for a model hub
+What a cropped model folder holds: docs/formats.md.
 
 Loading checks a model file's header (tensor names, dtypes, shapes against the recorded spec) before
 anything is allocated from it, and a cropped model file against its checksum; safetensors holds raw
