@@ -301,6 +301,14 @@ def score_own(scorer: BlockScorer, side: Side, anchors: Tensor, relations: Tenso
     return scorer.per_query(side, query, r_rows, candidates.to(device)).cpu()
 
 
+def default_funnel(num_entities: int, trained_dims: Sequence[int]) -> Funnel | None:
+    """The /similar funnel where no index is built: from 1M entities up (where brute force at the full dim
+    costs ~1 s a query here), the smallest trained dim shortlisting 1000; none below (exact is cheap enough)."""
+    if num_entities < 1_000_000 or not trained_dims:
+        return None
+    return Funnel(min(trained_dims), 1000)
+
+
 class Inference:
     """Answers of ``models`` (one croppable model, or one model per dim for DT runs) by label or id.
 
@@ -329,6 +337,7 @@ class Inference:
                 m.normalize_entities = False
         self.cache = CropCache(self.models[0], cache_bytes) if len(self.models) == 1 else None
         self.indexes: dict[int, Any] = {}  # dim: medkge.ann.NearestIndex
+        self.similar_funnel: Funnel | None = None  # similar()'s default where a dim has no index
         self._known_source = known
         self._known: KnownAnswers | None = None
         self._lock = threading.RLock()  # the known triples' source may call use_known (a cropped model's dataset)
@@ -487,10 +496,13 @@ class Inference:
         """The ``k`` entities nearest to ``entity`` by cosine similarity of their ``dim``-d embeddings (all
         parts, e.g. real and imaginary, flattened), the entity itself left out, and how they were found:
         through ``funnel`` (shortlist by the cosine of the ``funnel.dim`` prefix) when given, else through the
-        dim's approximate index when one was built (:meth:`build_index`), else exactly ("exact")."""
+        dim's approximate index when one was built (:meth:`build_index`), else through :attr:`similar_funnel`
+        where it is set and shorter than ``dim``, else exactly ("exact")."""
         if funnel is None and dim in self.indexes:
             ids, values = self.indexes[dim].search(entity, k)
             return ids, values, self.indexes[dim].name
+        if funnel is None and self.similar_funnel is not None and self.similar_funnel.dim < dim:
+            funnel = self.similar_funnel
         first = dim if funnel is None or funnel.dim >= dim else funnel.dim
         cosine = self._cosine(entity, first, None)
         cosine[entity] = -torch.inf

@@ -11,6 +11,7 @@ import torch
 
 from ..deploy import load
 from ..errors import MedkgeError
+from ..inference import default_funnel
 from .app import create_app, span
 from .schemas import Limits
 
@@ -103,6 +104,8 @@ def serve(
         model.inference.cache.trim_memory = not tune_malloc
     limits = limits or Limits()
     app = create_app(model, dims, limits, workers=workers, batching=batching)
+    if model.croppable:  # the funnel as /similar's exact-enough default on large graphs (no index there)
+        model.inference.similar_funnel = default_funnel(len(model.entities), model.trained_dims)
     for d in index:
         if d not in app.state.dims:
             raise MedkgeError(f"--index: dim {d} is not served (the dims are {span(app.state.dims)})")
