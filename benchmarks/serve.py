@@ -255,21 +255,22 @@ def main() -> None:
     rows = (
         in_process(model, dims, heads[: args.in_process], relations[: args.in_process]) if args.in_process > 3 else []
     )
-    print("\nIn process, one query, median of the timed queries:\n")
-    print(
-        "| dim | engine, prefix slice (ms) | engine, contiguous copy (ms) | slice / copy | "
-        "predict_tails by label (ms) | similar, k=10 (ms) | copy size (MiB) |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
+    if rows:
+        print("\nIn process, one query, median of the timed queries:\n")
         print(
-            f"| {row['dim']} | {row['slice']:.2f} | {row['copy']:.2f} | {row['slice'] / row['copy']:.2f}x | "
-            f"{row['labelled']:.2f} | {row['similar']:.2f} | {row['copy_mb']:.1f} |",
-            flush=True,
+            "| dim | engine, prefix slice (ms) | engine, contiguous copy (ms) | slice / copy | "
+            "predict_tails by label (ms) | similar, k=10 (ms) | copy size (MiB) |"
         )
-    per_dim = full.entity.numel() * 4 / full.dim  # bytes of one coordinate of every entity row
-    every = per_dim * full.dim * (full.dim + 1) / 2 / 2**30
-    print(f"(a cached copy for every dim 1..{full.dim} would hold {every:.1f} GiB; the slices hold nothing)")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            print(
+                f"| {row['dim']} | {row['slice']:.2f} | {row['copy']:.2f} | {row['slice'] / row['copy']:.2f}x | "
+                f"{row['labelled']:.2f} | {row['similar']:.2f} | {row['copy_mb']:.1f} |",
+                flush=True,
+            )
+        per_dim = full.entity.numel() * 4 / full.dim  # bytes of one coordinate of every entity row
+        every = per_dim * full.dim * (full.dim + 1) / 2 / 2**30
+        print(f"(a cached copy for every dim 1..{full.dim} would hold {every:.1f} GiB; the slices hold nothing)")
     if args.batch_models:
         batch_gain(dataset, args.batch_models.split(","), dims, heads, relations)
 

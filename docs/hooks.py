@@ -33,6 +33,8 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
         markdown = markdown.replace(CONFIG_MARKER, config_reference())
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
+    if HTTP_MARKER in markdown:
+        markdown = markdown.replace(HTTP_MARKER, http_reference())
     return INCLUDE.sub(lambda match: include(match.group(1)), markdown)
 
 
@@ -186,3 +188,51 @@ def _help_text(action: argparse.Action) -> str:
     if action.choices and action.option_strings:
         text += (" " if text else "") + "(one of " + ", ".join(map(str, action.choices)) + ")"
     return text
+
+
+# ---- the HTTP API ---------------------------------------------------------------------------------------
+
+HTTP_MARKER = "<!-- generated: http-api -->"
+
+
+def http_reference() -> str:
+    """The server's routes from the OpenAPI schema it publishes (an example model: RotatE, dims 1 to 640, the
+    default limits; a served model's own bounds are in its /openapi.json and ``medkge serve RUN --openapi``)."""
+    from medkge.deploy import LabelledModel
+    from medkge.model import CroppableModel
+    from medkge.server import create_app
+
+    model = CroppableModel("rotate", 3, 1, [10, 640])
+    schema = create_app(LabelledModel(model, ["a", "b", "c"], ["r"])).openapi()
+    lines = []
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            lines += [f"#### `{method.upper()} {path}`", "", operation.get("summary", ""), ""]
+            parameters = operation.get("parameters", [])
+            if parameters:
+                lines += ["| parameter | type | required | description |", "|---|---|---|---|"]
+                for p in parameters:
+                    lines.append(
+                        f"| `{p['name']}` | {_schema_text(p['schema'])} | {'yes' if p.get('required') else 'no'} "
+                        f"| {_cell(p.get('description', ''))} |"
+                    )
+                lines.append("")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                lines += [f"Body: `{body['$ref'].rsplit('/', 1)[-1]}` (see `/openapi.json`).", ""]
+            statuses = ", ".join(f"{s} ({_cell(r['description'])})" for s, r in operation["responses"].items())
+            lines += [f"Answers: {statuses}.", ""]
+    return "\n".join(lines)
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    options = schema.get("anyOf", [schema])
+    parts = []
+    for s in options:
+        if s.get("type") == "null":
+            continue
+        bounds = [f"{sign} {s[key]}" for key, sign in (("minimum", ">="), ("maximum", "<=")) if key in s]
+        if "pattern" in s:
+            bounds.append(f"`{s['pattern']}`")
+        parts.append(s.get("type", "any") + (f" ({', '.join(bounds)})" if bounds else ""))
+    return " or ".join(parts)
