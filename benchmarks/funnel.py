@@ -45,8 +45,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     labelled = medkge.load(args.model)
     model, dataset = labelled.models[0], split_of(labelled.dataset(), args.split, args.limit)
+    origin = ", ".join(f"{k} {v}" for k, v in labelled.source.items() if k != "dims")
     print(
-        f"{model.model_name} ({labelled.source}) on {dataset.name} ({dataset.num_entities:,} entities), "
+        f"{model.model_name} ({origin}) on {dataset.name} ({dataset.num_entities:,} entities), "
         f"{len(dataset.split(args.split)):,} {args.split} triples, dim {args.dim}, filtered, realistic ranks; "
         f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f} at start"
     )
