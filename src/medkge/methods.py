@@ -24,7 +24,7 @@ from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset, warn_unseen
 from .errors import MedkgeError
 from .evaluation import Metrics
-from .files import MODEL_FILE, atomic_write, load_into, read_jsonl, read_vocab, write_json, write_vocab
+from .files import MODEL_FILE, atomic_write, load_into, lock_folder, read_jsonl, read_vocab, write_json, write_vocab
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
@@ -362,23 +362,29 @@ def train(
     """
     cfg = make_config(config, **options)
     folder = Path(out) if out is not None else Path("runs") / default_run_name(cfg)
-    restart = (folder / CONFIG_FILE).exists()
-    if restart and has_progress(folder):
-        raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
-    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-    plan = preflight(cfg, dataset, progress)
-    cfg.train.optimizer = plan.optimizer  # auto resolved once: a resumed run keeps the optimiser it began with
-    warn_unseen(dataset, cfg.drop_unseen)
-    cfg.dataset = recorded_dataset(cfg.dataset)
-    if restart:  # a start that failed or was killed before its first checkpoint: begin again
-        _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
-        (folder / LOG_FILE).unlink(missing_ok=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_vocab(folder / "entities.tsv", dataset.entities)
-    write_vocab(folder / "relations.tsv", dataset.relations)
-    # written last: its presence marks a run folder
-    atomic_write(folder / CONFIG_FILE, cfg.to_yaml())
-    return _execute(cfg, dataset, folder, progress)
+    with lock_folder(folder, "medkge train"):  # one writer per run folder; a folder it made goes if left empty
+        restart = (folder / CONFIG_FILE).exists()
+        if restart and has_progress(folder):
+            raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
+        dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
+        plan = preflight(cfg, dataset, progress)
+        cfg.train.optimizer = plan.optimizer  # auto resolved once: a resumed run keeps the optimiser it began with
+        warn_unseen(dataset, cfg.drop_unseen)
+        cfg.dataset = recorded_dataset(cfg.dataset)
+        if restart:  # a start that failed or was killed before its first checkpoint: begin again
+            _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
+            (folder / LOG_FILE).unlink(missing_ok=True)
+        try:
+            write_vocab(folder / "entities.tsv", dataset.entities)
+            write_vocab(folder / "relations.tsv", dataset.relations)
+            # written last: its presence marks a run folder
+            atomic_write(folder / CONFIG_FILE, cfg.to_yaml())
+            return _execute(cfg, dataset, folder, progress)
+        except Exception:
+            if not has_progress(folder):  # a failed start leaves no run folder behind (interrupted: --resume)
+                for name in (CONFIG_FILE, LOG_FILE, "entities.tsv", "relations.tsv"):
+                    (folder / name).unlink(missing_ok=True)
+            raise
 
 
 def resume(path: str | Path, progress: bool = True, threads: int | None = None) -> Run:
@@ -396,21 +402,22 @@ def resume(path: str | Path, progress: bool = True, threads: int | None = None) 
         cfg = cfg.with_overrides({"train.threads": threads})  # checked as any config value
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device)
-    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-    if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
-        folder / "relations.tsv"
-    ):
-        raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
-    try:
-        preflight(cfg, dataset, progress)
-    except MedkgeError as error:
-        if has_progress(folder):
-            raise
-        raise MedkgeError(
-            f"{error} (this run never reached its first checkpoint: start it again with other options, "
-            f"`medkge train ... --out {folder}`)"
-        ) from None
-    return _execute(cfg, dataset, folder, progress)
+    with lock_folder(folder, "medkge train --resume"):
+        dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
+        if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
+            folder / "relations.tsv"
+        ):
+            raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
+        try:
+            preflight(cfg, dataset, progress)
+        except MedkgeError as error:
+            if has_progress(folder):
+                raise
+            raise MedkgeError(
+                f"{error} (this run never reached its first checkpoint: start it again with other options, "
+                f"`medkge train ... --out {folder}`)"
+            ) from None
+        return _execute(cfg, dataset, folder, progress)
 
 
 def preflight(cfg: Config, dataset: Dataset, progress: bool = True) -> MemoryEstimate:
@@ -443,7 +450,7 @@ def _say(progress: bool, message: str) -> None:
 
 def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run:
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        runtime.set_threads(cfg.train.threads)
     if cfg.train.tune_malloc:
         runtime.keep_freed_memory()
     if cfg.train.flush_denormals:  # after the thread count: threads made later would not have it
