@@ -31,6 +31,7 @@ def worker(args: argparse.Namespace) -> None:
     import medkge
     from medkge import distributed, memory, runtime
     from medkge.losses import MEDObjective
+    from medkge.training import Trainer, build_model
 
     torch.set_num_threads(args.threads)
     runtime.keep_freed_memory()
@@ -40,42 +41,22 @@ def worker(args: argparse.Namespace) -> None:
         {
             "dataset": args.folder,
             "model.dims": f"10:{args.width}:10",
-            "train.optimizer": "row_adagrad",
-            "train.lr": 0.1,
+            "train.optimizer": args.optimizer,
+            "train.lr": 0.1 if args.optimizer == "row_adagrad" else 0.001,
             "train.shared_negatives": args.shared,
             "eval.every": 0,
         }
     )
-    cluster = distributed.Cluster(torch.device("cpu"))
-    model = medkge.CroppableModel(
-        "rotate",
-        ds.num_entities,
-        ds.num_relations,
-        cfg.model.dims,
-        gamma=6.0,
-        entity_table=False,
-        generator=distributed.keyed_generator(0, 6),
-    )
+    cluster = distributed.connect("cpu")
+    model = build_model(cfg, ds, entity_table=False)
     objective = MEDObjective(model.dims, cfg.loss, cfg.med)
     tmp = Path(f"/tmp/medkge-dist-bench-{cluster.world}")
-    trainer = distributed.DistributedTrainer(
-        cluster,
-        cfg,
-        ds,
-        model,
-        objective,
-        model_path=tmp / "model.safetensors",
-        checkpoint_path=tmp / "c",
-        log_path=tmp / "l",
-        extra_parameters=[],
-        progress=False,
-        optimizer="row_adagrad",
-    )
+    paths = {"model_path": tmp / "model.safetensors", "checkpoint_path": tmp / "c", "log_path": tmp / "l"}
+    trainer = Trainer(cfg, ds, model, objective, **paths, progress=False, comm=cluster)
+    store = trainer.store
     pieces: dict[str, list[float]] = {}
-    sent = []
-    lookup, all_sum = trainer.entities.lookup, cluster.all_sum
-    lo, hi = trainer.entities.lo, trainer.entities.hi
-    row_bytes = model.entity.shape[1] * model.entity.shape[2] * 4
+    moved = []
+    all_to_all, all_sum = cluster.all_to_all, cluster.all_sum
 
     def timed(name, function):
         def wrapper(*a, **k):
@@ -86,28 +67,32 @@ def worker(args: argparse.Namespace) -> None:
 
         return wrapper
 
-    def counted_lookup(ids):
-        remote = int(((ids < lo) | (ids >= hi)).sum())
-        sent.append(remote * (8 + 2 * row_bytes))  # ids out, rows back, their gradients out again
-        return lookup(ids)
+    def counted(tensor, send, receive):  # bytes this rank sends to and receives from the others
+        row = tensor[0].numel() * tensor.element_size() if len(tensor) else 0
+        others = [i for i in range(cluster.world) if i != cluster.rank]
+        moved.append(sum(send[i] + receive[i] for i in others) * row)
+        return all_to_all(tensor, send, receive)
 
-    trainer.entities.lookup = timed("lookup (exchange of rows)", counted_lookup)
+    cluster.all_to_all = counted
+    store._ask = timed("lookup (exchange of rows)", store._ask)
+    store.update = timed("update (exchange of gradients, row update)", store.update)
     cluster.all_sum = timed("all-reduce of relations", all_sum)
     g = torch.Generator().manual_seed(1)
-    steps = []
+    steps, sent = [], []
     for i in range(args.steps + 2):
         batch = ds.train[torch.randint(len(ds.train), (cfg.train.batch_size,), generator=g)]
         dist.barrier()
+        moved.clear()
         started = time.perf_counter()
         trainer.step(batch, 0.1)
         if i >= 2:
             steps.append(time.perf_counter() - started)
+            sent.append(sum(moved))
         else:
             pieces.clear()
-            sent.clear()
     relation_bytes = model.relation.numel() * 4 * 2 * (cluster.world - 1) / cluster.world
-    peaks = [None] * cluster.world
-    dist.all_gather_object(peaks, memory.peak_rss())
+    peaks = cluster.all_gather_object(memory.peak_rss())
+    ranges = cluster.all_gather_object([store.lo, store.hi])
     median = sorted(steps)[len(steps) // 2]
     if cluster.rank == 0:
         result = {
@@ -117,17 +102,16 @@ def worker(args: argparse.Namespace) -> None:
             "s_per_step": median,
             "triples_per_s": cfg.train.batch_size / median,
             "peak_by_rank": peaks,
-            "rows_by_rank": trainer.entities.ranges(),
+            "rows_by_rank": ranges,
             "pieces": {k: sorted(v)[len(v) // 2] for k, v in pieces.items()},
-            "bytes_per_step_rank0": (sorted(sent)[len(sent) // 2] if sent else 0) + relation_bytes,
+            "bytes_per_step_rank0": sorted(sent)[len(sent) // 2] + relation_bytes,
         }
         Path(args.result).write_text(json.dumps(result))
-    else:
-        trainer.entities.ranges()
+    del trainer, store, model
     cluster.close()
 
 
-def launch(ranks: int, folder: Path, width: int, shared: int, steps: int, threads: int) -> dict:
+def launch(ranks: int, folder: Path, width: int, shared: int, steps: int, threads: int, optimizer: str) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -152,6 +136,8 @@ def launch(ranks: int, folder: Path, width: int, shared: int, steps: int, thread
         str(steps),
         "--threads",
         str(threads),
+        "--optimizer",
+        optimizer,
         "--result",
         str(result),
     ]
@@ -170,6 +156,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--optimizer", default="row_adagrad", help="the entity optimiser: adam, sparse_adam, row_adagrad")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--shared", type=int, default=0, help=argparse.SUPPRESS)
@@ -182,7 +169,7 @@ def main() -> None:
     from scale import data_folder
 
     folder = data_folder(args.data, args.size)
-    setting = f"RotatE 10..{args.width}, row-wise Adagrad, batch 1024 x (1 + 64), {args.threads} thread(s) a rank"
+    setting = f"RotatE 10..{args.width}, {args.optimizer}, batch 1024 x (1 + 64), {args.threads} thread(s) a rank"
     print(f"{folder}: {setting}\n")
     print(
         "| ranks | shared negatives | s/step | triples/s | peak RSS per rank (GiB) | rows per rank "
@@ -191,7 +178,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---|---|---:|---|")
     for shared in (0, 64):
         for ranks in (1, 2):
-            r = launch(ranks, folder, args.width, shared, args.steps, args.threads)
+            r = launch(ranks, folder, args.width, shared, args.steps, args.threads, args.optimizer)
             if "error" in r:
                 print(f"| {ranks} | {shared or 'no'} | failed: {r['error']} | | | | | |", flush=True)
                 continue

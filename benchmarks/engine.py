@@ -26,7 +26,8 @@ import medkge
 from medkge.evaluation import evaluate
 from medkge.losses import base_loss, negative_weights
 from medkge.runtime import keep_freed_memory
-from medkge.training import make_batch, score_batch
+from medkge.sampling import make_batch
+from medkge.training import score_batch
 
 
 def parse_args() -> argparse.Namespace:

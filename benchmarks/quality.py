@@ -36,6 +36,7 @@ import medkge
 from medkge.compare import MethodSummary, compare, method_label, method_settings, summarize
 from medkge.config import Config
 from medkge.methods import make_config, recorded_dataset
+from medkge.optim import DEFAULT_LR
 from medkge.run import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
@@ -177,6 +178,8 @@ def check_settings(folder: Path, options: dict[str, Any]) -> None:
     wanted.dataset = recorded_dataset(wanted.dataset)  # a folder given relative to here is recorded absolute
     if wanted.train.optimizer == "auto":  # a run folder records the optimiser auto chose
         wanted.train.optimizer = have.train.optimizer
+    if wanted.train.lr is None:  # and the learning rate an unset train.lr resolved to
+        wanted.train.lr = DEFAULT_LR[wanted.train.optimizer]
     old, new = method_settings(have), method_settings(wanted)
     old["train.seed"], new["train.seed"] = have.train.seed, wanted.train.seed
     changed = [

@@ -74,9 +74,8 @@ def med_trainer(cfg, ds, optimizer: str, tag: str):
     model = build_model(cfg, ds)
     tmp = Path(f"/tmp/medkge-scale-{tag}")
     paths = {"model_path": tmp / "m", "checkpoint_path": tmp / "c", "log_path": tmp / "l"}
-    return Trainer(
-        cfg, ds, model, MEDObjective(model.dims, cfg.loss, cfg.med), **paths, progress=False, optimizer=optimizer
-    )
+    cfg = cfg.with_overrides({"train.optimizer": optimizer})
+    return Trainer(cfg, ds, model, MEDObjective(model.dims, cfg.loss, cfg.med), **paths, progress=False)
 
 
 def child_steps(folder: str, optimizer: str, shared: int, steps: int, threads: int) -> dict:

@@ -50,7 +50,7 @@ from medkge.losses import MEDObjective, independent_loss
 from medkge.optim import adam
 from medkge.runtime import keep_freed_memory
 from medkge.sampling import NegativeSampler
-from medkge.training import make_batch, score_batch
+from medkge.training import score_batch
 
 ALL_MODELS = ["rotate", "transe", "distmult", "complex", "simple", "pairre"]
 PYKEEN_NAMES = {
@@ -94,13 +94,14 @@ class Stepper:
         self.optimizer = adam([p for p in params if p.requires_grad], 1e-4)  # the trainer's optimiser
         self.generator = torch.Generator().manual_seed(0)
         self.batch_size = args.batch_size
+        self.step = 0
 
     def __call__(self) -> float:
         started = time.perf_counter()
         index = torch.randint(len(self.ds.train), (self.batch_size,), generator=self.generator)
         positives = self.ds.train[index]
-        corrupt_head, negatives = self.sampler.sample(positives, self.generator)
-        batch = make_batch(positives, corrupt_head, negatives)
+        self.step += 1
+        batch = self.sampler.batch(positives, self.step)
         loss = self.objective(score_batch(self.model, batch))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,10 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import medkge
-from medkge import MedkgeError
 from medkge.files import read_jsonl
-
-torchrec = pytest.importorskip("torchrec", reason="the distributed extra is not installed")
 
 OPTIONS = ["--dataset", "kinships", "--dims", "4,8", "--batch-size", "512", "--negatives", "8", "--lr", "0.05"]
 OPTIONS += ["--set", "train.threads=1", "--quiet"]
@@ -57,10 +54,23 @@ def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedPro
     return done
 
 
-@pytest.mark.parametrize("model", ["rotate", "transe"])
-def test_two_ranks_train_the_model_one_rank_trains_and_each_holds_half_the_rows(tmp_path, model):
-    options = [*OPTIONS, "--model", model, "--epochs", "2", "--eval-every", "0", "--set", "eval.test=false"]
-    run(1, "train", *options, "--out", str(tmp_path / "one"))
+# Every entity optimiser and every loss and sampling option, on two ranks and in one plain process
+PARITY = [
+    ("rotate", "adam", []),
+    ("transe", "sparse_adam", ["loss.regularizer=n3", "loss.reg_weight=0.01", "train.corruption=bernoulli"]),
+    ("rotate", "row_adagrad", ["train.shared_negatives=16"]),
+    ("distmult", "adam", ["train.filter_negatives=true", "loss.regularizer=l2", "loss.reg_weight=0.001"]),
+]
+
+
+@pytest.mark.parametrize(("model", "optimizer", "sets"), PARITY)
+def test_two_ranks_train_the_model_one_process_trains_and_each_holds_half_the_rows(tmp_path, model, optimizer, sets):
+    options = [*OPTIONS, "--model", model, "--epochs", "2", "--eval-every", "1"]
+    for item in [f"train.optimizer={optimizer}", *sets]:
+        options += ["--set", item]
+    from medkge.cli import main
+
+    assert main(["train", *options, "--out", str(tmp_path / "one")]) == 0  # one process, no torchrun
     run(2, "train", *options, "--out", str(tmp_path / "two"))
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     start = medkge.Run.open(tmp_path / "two")  # an ordinary run folder
@@ -69,8 +79,15 @@ def test_two_ranks_train_the_model_one_rank_trains_and_each_holds_half_the_rows(
     torch.testing.assert_close(two["entity"], one["entity"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(two["relation"], one["relation"], rtol=1e-5, atol=1e-6)
     results = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert results["world_size"] == 2 and results["optimizer"] == "row_adagrad"
+    alone = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert results["world_size"] == 2 and results["optimizer"] == alone["optimizer"] == optimizer
     assert results["entity_rows_by_rank"] == [[0, 52], [52, 104]]  # rank 0 holds rows 0..51, rank 1 the rest
+    for split in ("valid", "test"):  # a tie broken the other way by float rounding moves an MRR a little
+        for dim in ("4", "8"):
+            assert results[split]["dims"][dim]["mrr"] == pytest.approx(alone[split]["dims"][dim]["mrr"], abs=1e-3)
+    logged = [r["loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r["type"] == "epoch"]
+    expected = [r["loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl") if r["type"] == "epoch"]
+    assert logged == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path):
@@ -96,6 +113,7 @@ def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_on
     proc.wait()
     assert not (killed / "results.json").exists(), "the run finished before it was killed"
     shutil.copytree(killed, tmp_path / "on-one-rank")
+    shutil.copytree(killed, tmp_path / "in-one-process")
     run(2, "train", "--resume", str(killed), "--quiet")
     a, b = load_file(tmp_path / "reference" / "model.safetensors"), load_file(killed / "model.safetensors")
     for key in a:
@@ -110,6 +128,13 @@ def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_on
     c = load_file(tmp_path / "on-one-rank" / "model.safetensors")
     for key in a:
         torch.testing.assert_close(c[key], a[key], rtol=1e-4, atol=1e-5)
+    # and in one plain process, whose checkpoints keep the rows in the checkpoint file itself
+    from medkge.cli import main
+
+    assert main(["train", "--resume", str(tmp_path / "in-one-process"), "--quiet"]) == 0
+    d = load_file(tmp_path / "in-one-process" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(d[key], a[key], rtol=1e-4, atol=1e-5)
 
 
 def test_a_two_rank_run_folder_evaluates_in_one_process_to_the_recorded_metrics(tmp_path):
@@ -190,12 +215,36 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def test_without_torchrec_distributed_training_says_what_to_install(tmp_path, monkeypatch):
-    from medkge import distributed
+def test_a_script_calling_train_under_torchrun_trains_one_model_together(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, medkge\n"
+        "run = medkge.train(dataset='kinships', dims=[4, 8], epochs=1, batch_size=512, negatives=8, eval_every=0,\n"
+        f"                  out={str(tmp_path / 'run')!r}, progress=False, **{{'train.threads': 1}})\n"
+        "print('RESULT', type(run).__name__)\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1"]
+    done = subprocess.run(
+        [*command, f"--master-port={free_port()}", str(script)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(line for line in done.stdout.splitlines() if line.startswith("RESULT")) == [
+        "RESULT NoneType",
+        "RESULT Run",
+    ]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["world_size"] == 2
 
-    monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec now raises ImportError
-    with pytest.raises(MedkgeError, match=r"pip install 'medkge\[distributed\]'"):
-        distributed.train_distributed(medkge.Config(), tmp_path / "run", progress=False, resume=False)
+
+def test_a_method_that_trains_one_model_per_dim_is_refused_under_torchrun_at_once(tmp_path):
+    done = subprocess.run(
+        torchrun(2, "train", *OPTIONS, "--method", "dt", "--epochs", "1", "--out", str(tmp_path / "run")),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "method dt trains one model per dim, in one process" in done.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_closing_the_cluster_stops_its_heartbeat_before_the_process_group_goes(monkeypatch):

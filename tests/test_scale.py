@@ -144,9 +144,17 @@ def test_shared_negatives_are_drawn_per_chunk_and_side():
 
     ds = random_dataset(30, 3, (100, 10, 10))
     sampler = NegativeSampler(ds.train, 30, 3, negatives=7)
-    corrupt_head, shared = sampler.sample_shared(ds.train[:50].long(), 8, torch.Generator().manual_seed(0))
-    heads = int(corrupt_head.sum())
-    assert [x.shape for x in shared] == [(math.ceil((50 - heads) / 8), 7), (math.ceil(heads / 8), 7)]
+    positives = ds.train[:50].long()
+    heads = int(sampler.sides(positives, step=0).sum())
+    batch = sampler.batch(positives, step=0, chunk=8)
+    shapes = {g.side: tuple(g.shared.shape) for g in batch.groups}
+    assert shapes == {"tail": (math.ceil((50 - heads) / 8), 7), "head": (math.ceil(heads / 8), 7)}
+    # a process training positions 20..49 shares the chunks that began before it (offset into the first)
+    part = sampler.batch(positives, step=0, lo=20, hi=50, chunk=8)
+    for g in part.groups:
+        whole = next(w for w in batch.groups if w.side == g.side)
+        first = whole.shared.shape[0] - g.shared.shape[0]
+        assert torch.equal(g.shared, whole.shared[first:]) and 0 <= g.offset < 8
     with pytest.raises(MedkgeError, match="cannot filter shared negatives"):
         medkge.Config().with_overrides({"train.shared_negatives": 8, "train.filter_negatives": True})
 

@@ -17,6 +17,8 @@ import medkge
 from medkge.files import read_jsonl
 from medkge.sampling import NegativeSampler
 
+from .conftest import random_dataset
+
 TINY = {
     "dataset": "kinships",
     "model": "rotate",
@@ -161,16 +163,38 @@ def test_bernoulli_sampling_and_filtering():
     sampler = NegativeSampler(train, 5, 2, negatives=50, corruption="bernoulli", filter_known=True)
     # relation 0 is one-to-many (tph 3, hpt 1): heads are corrupted with probability 3/4
     assert sampler.head_probability.tolist() == pytest.approx([0.75, 0.25])
-    g = torch.Generator().manual_seed(0)
-    corrupt_head, negatives = sampler.sample(train.repeat(200, 1), g)
-    known = {tuple(x) for x in train.tolist()}
     batch = train.repeat(200, 1)
+    corrupt_head = sampler.sides(batch, step=0)
+    negatives = sampler.own(batch, corrupt_head, 0, len(batch), step=0)
+    known = {tuple(x) for x in train.tolist()}
     for b in range(len(batch)):
         h, r, t = batch[b].tolist()
         for e in negatives[b].tolist():
             assert ((e, r, t) if corrupt_head[b] else (h, r, e)) not in known
     rate = corrupt_head[batch[:, 1] == 0].double().mean().item()
     assert rate == pytest.approx(0.75, abs=0.05)
+
+
+@pytest.mark.parametrize("filter_known", [False, True])
+def test_any_share_of_a_batch_draws_the_negatives_the_whole_batch_draws(filter_known):
+    """What a process training positions [lo, hi) of a batch draws is what one process draws for them."""
+    from medkge.sampling import NegativeSampler
+
+    ds = random_dataset(40, 3, (300, 10, 10))
+    sampler = NegativeSampler(ds.train, 40, 3, negatives=9, filter_known=filter_known, seed=5)
+    batch = ds.train[:300].long()
+    whole = sampler.batch(batch, step=7)
+    for lo, hi in [(0, 100), (100, 257), (257, 300), (128, 128)]:
+        part = sampler.batch(batch, step=7, lo=lo, hi=hi)
+        assert torch.equal(part.positives, batch[lo:hi])
+        for side in ("tail", "head"):
+            full = next(g for g in whole.groups if g.side == side)
+            mask = sampler.sides(batch, 7)[lo:hi] if side == "head" else ~sampler.sides(batch, 7)[lo:hi]
+            before = int((sampler.sides(batch, 7) if side == "head" else ~sampler.sides(batch, 7))[:lo].sum())
+            mine = [g for g in part.groups if g.side == side]
+            expected = full.candidates[before : before + int(mask.sum())]
+            assert torch.equal(mine[0].candidates, expected) if mine else not len(expected)
+    assert not torch.equal(sampler.batch(batch, step=8).groups[0].candidates, whole.groups[0].candidates)
 
 
 def test_the_trainers_adam_is_fused_on_the_cpu_and_matches_the_unfused_update():
@@ -245,15 +269,22 @@ def test_a_resumed_optimiser_runs_as_this_runs_config_says_not_as_the_checkpoint
 
     old = trainer(fused=False)
     assert not old.optimizer.param_groups[0]["fused"]
+    assert not old.store.updater.optimizer.param_groups[0]["fused"]  # the entity table's own Adam
     for p in old.model.parameters():
         p.grad = torch.ones_like(p)
     old.optimizer.step()
+    old.store.update(lr=1e-3)
     old.save_checkpoint()
     new = trainer(fused=True)
     new.load_checkpoint()
-    assert new.optimizer.param_groups[0]["fused"]
-    assert int(new.optimizer.state[new.model.entity]["step"]) == 1
+    assert new.optimizer.param_groups[0]["fused"] and new.store.updater.optimizer.param_groups[0]["fused"]
+    assert int(new.optimizer.state[new.model.relation]["step"]) == 1
+    assert int(new.store.updater.state_tensors()["step"]) == 1
+    torch.testing.assert_close(new.model.entity, old.model.entity)
+    for p in new.model.parameters():
+        p.grad = torch.ones_like(p)
     new.optimizer.step()  # the loaded state works with the fused implementation
+    new.store.update(lr=1e-3)
 
 
 @pytest.mark.parametrize("width", [10, 640])

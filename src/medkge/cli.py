@@ -222,11 +222,11 @@ TRAIN_HELP = """Train a run. Examples:
 CROP_HELP = """Write a standalone D-dimensional model (safetensors tables, vocabularies, model.json) that
 loads without the run folder. Any D from 1 to the widest dim works for a MED run; the output says whether
 D was a trained sub-model. Example:
-  medkge crop runs/kin --dim 20 --out models/kin-20"""
+  medkge crop runs/kin --dim 20 --out runs/kin-20"""
 
 PREDICT_HELP = """Rank the answers of a query with a run or a cropped model. Examples:
   medkge predict runs/kin --head person84 --relation term21 --dim 20 --top-k 5
-  medkge predict models/kin-20 --tail person85 --relation term21 --exclude-known --json"""
+  medkge predict runs/kin-20 --tail person85 --relation term21 --exclude-known --json"""
 
 SERVE_HELP = """Serve a run or a cropped model over HTTP (needs pip install 'medkge[serve]'): each request
 chooses its dim, scored from one copy of the tables. API docs at /docs. Examples:
@@ -305,20 +305,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out = args.out or str(Path("runs") / default_run_name(cfg))
         if rank == 0:
             print(f"training {cfg.method} {cfg.model.name} on {cfg.dataset} -> {args.out}", file=sys.stderr)
-    if distributed:
-        if threads is not None:
-            raise MedkgeError("--set train.threads with --resume is for a single-process run, not under torchrun")
-        from .distributed import train_distributed
-
-        train_distributed(cfg, Path(args.out), progress, resume=bool(args.resume))
-        path = Path(args.out)
-    else:
-        run = (
-            resume(args.resume, progress=progress, threads=threads)
-            if args.resume
-            else train(cfg, out=args.out, progress=progress)
-        )
-        path = run.path
+    run = (
+        resume(args.resume, progress=progress, threads=threads)
+        if args.resume
+        else train(cfg, out=args.out, progress=progress)
+    )
+    path = Path(args.out) if run is None else run.path
     if rank:
         return 0
     from .evaluation import Metrics

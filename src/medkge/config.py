@@ -130,12 +130,18 @@ class TrainConfig:
         "auto",
         "entity table optimiser: adam (dense, fused), sparse_adam (Adam on the rows a step touches), row_adagrad "
         "(one accumulator per row, PyTorch-BigGraph's); auto: adam on small graphs, sparse_adam on large ones, "
-        "row_adagrad where Adam's state does not fit (benchmarks/scale.py)",
+        "row_adagrad where Adam's state does not fit (benchmarks/scale.py). Every path (one process or many) runs "
+        "every optimiser; a named one is never replaced",
     )
     memory_budget: int | None = _opt(
         None, "bytes training may use (default: the memory available at start); larger runs are refused", min=1
     )
-    lr: float = _opt(1e-3, "learning rate", gt=0.0)
+    lr: float | None = _opt(
+        None,
+        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.001; row_adagrad 0.1: "
+        "docs/optimizers.md). A run folder records the rate it used",
+        gt=0.0,
+    )
     lr_schedule: Literal["linear", "constant"] = _opt("linear", "decay the learning rate linearly to 0 over the run")
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")

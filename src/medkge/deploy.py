@@ -6,14 +6,9 @@ which speaks labels (or ids) instead of tensors::
     model = medkge.load("runs/kin")
     model.predict_tails("person12", "term5", k=10, dim=20)
     small = model.crop(20)          # any dim from 1 to the widest, not only the trained ones
-    small.save("models/kin-20")     # a standalone folder: needs neither the run nor its training state
+    small.save("runs/kin-20")       # a standalone folder: needs neither the run nor its training state
 
-A cropped model folder holds::
-
-    model.safetensors             the tables cropped to one dim (spec in the header, see files.py)
-    entities.tsv, relations.tsv   the vocabularies: id <TAB> label
-    model.json                    model type, dim, gamma, whether dim was a trained sub-model, the source run,
-                                  and the sha256 of model.safetensors and of the vocabularies
+What a cropped model folder holds: docs/formats.md.
 
 Loading checks a model file's header (tensor names, dtypes, shapes against the recorded spec) before
 anything is allocated from it, and a cropped model file and its vocabularies against their checksums;

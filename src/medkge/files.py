@@ -1,15 +1,6 @@
 """Files: atomic writes, safetensors model and checkpoint files, vocabularies, JSON logs.
 
-A run folder holds::
-
-    config.yaml             the full resolved configuration
-    model.safetensors       the kept model (MED: one croppable model)
-    models/dim_<d>.safetensors  the per-dim models of DT, BKD and DualDE runs
-    entities.tsv, relations.tsv  vocabularies: id <TAB> label
-    metrics.jsonl           one JSON line per epoch and per validation
-    results.json            final per-dim metrics (valid, test), training time and device
-    checkpoint.safetensors  training state for --resume (model, optimiser, random generator, progress)
-    .medkge.lock            while a command writes the folder: its pid and host (lock_folder)
+What a run folder and a cropped model folder hold is documented once, in docs/formats.md.
 
 A model file is safetensors: the tables ``entity`` and ``relation`` plus a JSON header entry
 ``medkge`` with the model's spec (type, dims, gamma, ...). safetensors holds raw tensors only, so

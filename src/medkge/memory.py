@@ -21,7 +21,7 @@ import torch
 from .config import Config
 from .datasets import Dataset
 from .errors import MedkgeError
-from .optim import choose
+from .optim import choose, rows_per_step
 from .scoring import get_interaction
 
 GiB = 1 << 30
@@ -42,6 +42,7 @@ class MemoryEstimate:
     optimizer: str
     available: int | None
     limit_source: str  # what ``available`` is: the memory available now, or train.memory_budget
+    reason: str = ""  # why train.optimizer auto chose this optimiser
 
     @property
     def total(self) -> int:
@@ -83,11 +84,7 @@ def estimate(cfg: Config, dataset: Dataset, optimizer: str, world: int = 1) -> d
         state += 3 * (entity + relation)
     parts["optimizer state"] = state
     batch, negatives = tc.batch_size, tc.negatives
-    if tc.shared_negatives:
-        chunks = 2 * math.ceil(batch / 2 / tc.shared_negatives) + 2  # per side, the last chunk padded
-        gathered = 2 * batch + chunks * negatives
-    else:
-        gathered = batch * (2 + negatives)
+    gathered = rows_per_step(batch, negatives, tc.shared_negatives)
     gathered = min(gathered, entities + batch) if optimizer != "adam" else gathered
     pairs = batch * (1 + negatives)
     bilinear_block = it.kernel == "dot" and not it.candidates_depend_on_relation and tc.shared_negatives
@@ -144,16 +141,20 @@ def plan(cfg: Config, dataset: Dataset, device: torch.device, world: int = 1) ->
     available = budget if budget else available_bytes(device)
     source = "(train.memory_budget)" if budget else ("free on the GPU" if device.type == "cuda" else "available")
     tc = cfg.train
-    if tc.shared_negatives:
-        rows = 2 * tc.batch_size + (tc.batch_size // max(tc.shared_negatives, 1) + 2) * tc.negatives
-    else:
-        rows = tc.batch_size * (2 + tc.negatives)
+    rows = rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives)
     wanted = tc.optimizer
     if cfg.method == "dualde" and wanted == "auto":
         wanted = "adam"
     adam_fits = available is None or sum(estimate(cfg, dataset, "sparse_adam", world).values()) <= available
     optimizer = choose(wanted, dataset.num_entities, rows, adam_fits)
-    result = MemoryEstimate(estimate(cfg, dataset, optimizer, world), optimizer, available, source)
+    reason = ""
+    if wanted == "auto":
+        per_row = dataset.num_entities / rows
+        reason = f"{per_row:.1f} entity rows per row a step gathers"
+        if optimizer == "row_adagrad":
+            need = sum(estimate(cfg, dataset, "sparse_adam", world).values())
+            reason = f"Adam's moments would make the run {_gib(need)}, more than {_gib(available)} {source}"
+    result = MemoryEstimate(estimate(cfg, dataset, optimizer, world), optimizer, available, source, reason)
     if available is not None and result.total > available:
         raise MedkgeError(f"this run needs {result.describe()}: {_advice(cfg, result)}")
     return result

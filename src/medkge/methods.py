@@ -7,11 +7,16 @@ distil a teacher of the largest dim into one student per dim (MED.md section 6).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
+import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,13 @@ from torch import Tensor
 from . import memory, runtime
 from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset, warn_unseen
-from .errors import MedkgeError
+from .errors import MedkgeError, MedkgeWarning
 from .evaluation import Metrics
 from .files import MODEL_FILE, atomic_write, load_into, lock_folder, read_jsonl, read_vocab, write_json, write_vocab
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
+from .optim import DEFAULT_LR
 from .run import (
     CHECKPOINT_FILE,
     CHECKPOINTS_DIR,
@@ -39,9 +45,11 @@ from .run import (
     model_checksums,
     per_dim_model_path,
 )
-from .training import Batch, Objective, Trainer, TrainState, build_model, score_batch
+from .sampling import Batch
+from .stores import Comm, Local
+from .training import Objective, Trainer, TrainState, build_model, score_batch
 
-Method = Callable[[Config, Dataset, Path, bool], dict[str, Any]]
+Method = Callable[[Config, Dataset, Path, bool, Comm], dict[str, Any]]
 
 
 def recorded_dataset(name_or_path: str) -> str:
@@ -50,26 +58,42 @@ def recorded_dataset(name_or_path: str) -> str:
     return name_or_path if name_or_path in BUNDLED else str(Path(name_or_path).resolve())
 
 
-def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
-    """MED: one croppable model, all sub-models trained together with MED's objective."""
-    model = build_model(cfg, dataset)
+def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> dict[str, Any]:
+    """MED: one croppable model, all sub-models trained together with MED's objective.
+
+    Its kept model is evaluated here, by the trainer's entity store: in one process as any model, across
+    processes rank by rank against each rank's own rows (the table is whole in no process until rank 0
+    assembles the model file)."""
+    model = build_model(cfg, dataset, entity_table=comm.world == 1)
     objective = MEDObjective(model.dims, cfg.loss, cfg.med, fused=cfg.train.fused_kernels)
     trainer = Trainer(
         cfg,
         dataset,
         model,
-        objective.to(runtime.resolve_device(cfg.train.device)),
+        objective.to(comm.device),
         model_path=folder / MODEL_FILE,
         checkpoint_path=folder / CHECKPOINT_FILE,
         log_path=folder / LOG_FILE,
         extra_parameters=list(objective.parameters()),
         progress=progress,
+        comm=comm,
     )
     state = trainer.fit()
-    return {**_summary(state), "valid": state.best_metrics}
+    summary = {**_summary(state), "valid": state.best_metrics}
+    trainer.restore_kept()
+    if state.best_metrics is None:
+        summary["valid"] = trainer.evaluate("valid").to_dict()
+    if cfg.eval.test:
+        started = time.perf_counter()
+        summary["test"] = trainer.evaluate("test").to_dict()
+        summary["test_eval_seconds"] = time.perf_counter() - started
+    trainer.store.finish(model, folder / MODEL_FILE)
+    if comm.world > 1:
+        summary["entity_rows_by_rank"] = comm.all_gather_object([trainer.store.lo, trainer.store.hi])
+    return summary
 
 
-def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> dict[str, Any]:
     """DT: one independent model per dim, trained one after another with the base loss.
 
     Each model has its own seed (the run's seed + its index), so its initialisation and negatives are
@@ -79,7 +103,7 @@ def train_dt(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dic
     return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, _base_objective(cfg), progress))
 
 
-def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> dict[str, Any]:
     """BKD: a frozen teacher of the largest dim distils into one student per dim (MED.md section 6).
 
     Student loss: its base loss + ``distill.soft_weight`` * Huber(sigmoid(s_student), sigmoid(s_teacher)),
@@ -97,7 +121,7 @@ def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> di
     return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, objective, progress), teacher_info)
 
 
-def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> dict[str, Any]:
+def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> dict[str, Any]:
     """DualDE: two-stage dual distillation from a teacher of the largest dim into one student per dim.
 
     Stage 1 (``distill.stage1_fraction`` of the epochs): the teacher is frozen and the student learns
@@ -351,7 +375,7 @@ def train(
     out: str | Path | None = None,
     progress: bool = True,
     **options: Any,
-) -> Run:
+) -> Run | None:
     """Train a run and return it: ``train(dataset="kinships", model="rotate", dims=[...], epochs=50, out="runs/x")``.
 
     ``config`` is a Config, a YAML file or a dict; ``options`` set single keys, by short name (dataset,
@@ -359,57 +383,72 @@ def train(
     (``**{"med.evolutionary": False}``). The run folder ``out`` must not hold another run (a folder whose
     run never reached its first checkpoint may be started again). Everything that can fail at start
     (config, dataset, device, teacher, memory) is checked before the folder is written.
+
+    Under torchrun (``torchrun --nproc-per-node N script.py``) every process calls it and they train one model
+    together, the entity table's rows sharded across them (distributed.py); rank 0 writes the folder and
+    returns the run, the other ranks return None.
     """
     cfg = make_config(config, **options)
+    world = _world()
+    if world and out is None:
+        raise MedkgeError("under torchrun give the run folder (--out RUN): every rank must name the same one")
     folder = Path(out) if out is not None else Path("runs") / default_run_name(cfg)
-    with lock_folder(folder, "medkge train"):  # one writer per run folder; a folder it made goes if left empty
+    with _hold(folder, "medkge train"):  # one writer per run folder; a folder it made goes if left empty
         restart = (folder / CONFIG_FILE).exists()
         if restart and has_progress(folder):
             raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
         dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-        plan = preflight(cfg, dataset, progress)
-        cfg.train.optimizer = plan.optimizer  # auto resolved once: a resumed run keeps the optimiser it began with
-        warn_unseen(dataset, cfg.drop_unseen)
+        rank0 = _rank() == 0
+        plan = preflight(cfg, dataset, progress and rank0, world=world or 1)
+        cfg.train.optimizer, cfg.train.lr = plan.optimizer, plan.lr  # resolved once: a resumed run keeps them
         cfg.dataset = recorded_dataset(cfg.dataset)
-        if restart:  # a start that failed or was killed before its first checkpoint: begin again
-            _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
-            (folder / LOG_FILE).unlink(missing_ok=True)
-        try:
+        comm = _connect(cfg, world)  # every rank has checked the folder before rank 0 writes to it
+
+        def prepare() -> None:
+            if not rank0:
+                return
+            warn_unseen(dataset, cfg.drop_unseen)
+            if restart:  # a start that failed or was killed before its first checkpoint: begin again
+                _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
+                (folder / LOG_FILE).unlink(missing_ok=True)
             write_vocab(folder / "entities.tsv", dataset.entities)
             write_vocab(folder / "relations.tsv", dataset.relations)
-            # written last: its presence marks a run folder
-            atomic_write(folder / CONFIG_FILE, cfg.to_yaml())
-            return _execute(cfg, dataset, folder, progress)
+            atomic_write(folder / CONFIG_FILE, cfg.to_yaml())  # written last: its presence marks a run folder
+
+        try:
+            return _execute(cfg, dataset, folder, progress, comm, prepare)
         except Exception:
-            if not has_progress(folder):  # a failed start leaves no run folder behind (interrupted: --resume)
+            if rank0 and not has_progress(folder):  # a failed start leaves no run folder (interrupted: --resume)
                 for name in (CONFIG_FILE, LOG_FILE, "entities.tsv", "relations.tsv"):
                     (folder / name).unlink(missing_ok=True)
             raise
 
 
-def resume(path: str | Path, progress: bool = True, threads: int | None = None) -> Run:
+def resume(path: str | Path, progress: bool = True, threads: int | None = None) -> Run | None:
     """Continue an interrupted run from its last checkpoint; a finished run is returned as it is.
 
     ``threads``: CPU threads for this process instead of the saved ``train.threads`` (a run started beside
     another job on one thread can finish alone on two); only float rounding depends on it. The run folder's
     config keeps the value it started with; ``results.json`` records the threads of the process that
-    finished it."""
+    finished it. Under torchrun every process calls it, on any number of processes (the checkpoint's rows
+    are re-sharded); rank 0 returns the run, the others None."""
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
         raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
     cfg = Config.from_run_folder(folder)
     if threads is not None:
         cfg = cfg.with_overrides({"train.threads": threads})  # checked as any config value
+    world = _world()
     if (folder / RESULTS_FILE).is_file():
-        return Run.open(folder, cfg.train.device)
-    with lock_folder(folder, "medkge train --resume"):
+        return Run.open(folder, cfg.train.device) if _rank() == 0 else None
+    with _hold(folder, "medkge train --resume"):
         dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
         if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
             folder / "relations.tsv"
         ):
             raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
         try:
-            preflight(cfg, dataset, progress)
+            preflight(cfg, dataset, progress and _rank() == 0, world=world or 1)
         except MedkgeError as error:
             if has_progress(folder):
                 raise
@@ -417,19 +456,47 @@ def resume(path: str | Path, progress: bool = True, threads: int | None = None) 
                 f"{error} (this run never reached its first checkpoint: start it again with other options, "
                 f"`medkge train ... --out {folder}`)"
             ) from None
-        return _execute(cfg, dataset, folder, progress)
+        return _execute(cfg, dataset, folder, progress, _connect(cfg, world))
 
 
-def preflight(cfg: Config, dataset: Dataset, progress: bool = True) -> MemoryEstimate:
-    """Check what can fail before anything is written or allocated: the device, the teacher run, memory.
+@dataclass
+class Plan:
+    """What the pre-flight resolved: the entity optimiser, its learning rate, and the memory estimate."""
 
-    Returns the memory estimate, with ``train.optimizer: auto`` resolved (memory.plan)."""
+    optimizer: str
+    lr: float
+    memory: MemoryEstimate
+
+
+def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int = 1) -> Plan:
+    """Check what can fail before anything is written or allocated: the device, the method on this path, the
+    teacher run, memory (of one process of ``world``). Resolves ``train.optimizer: auto`` (memory.plan) and an
+    unset ``train.lr`` (the optimiser's own default), once, for every path."""
     device = runtime.resolve_device(cfg.train.device)
+    if world > 1 and cfg.method != "med":
+        raise MedkgeError(
+            f"training across processes trains MED's one croppable model: method {cfg.method} trains one model "
+            "per dim, in one process (run it without torchrun)"
+        )
     if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
         open_teacher_run(cfg, dataset)
-    plan = memory.plan(cfg, dataset, device)
-    _say(progress, f"memory: {plan.describe()}")
-    return plan
+    memory_plan = memory.plan(cfg, dataset, device, world=world)
+    optimizer = memory_plan.optimizer
+    lr = cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[optimizer]
+    where = f"per process of {world} " if world > 1 else ""
+    _say(progress, f"memory {where}{memory_plan.describe()}")
+    chosen = "" if cfg.train.optimizer == optimizer else f" (train.optimizer {cfg.train.optimizer})"
+    rate = "" if cfg.train.lr is not None else " (its default: train.lr unset)"
+    _say(progress, f"optimizer {optimizer}{chosen}, learning rate {lr:g}{rate}")
+    if cfg.train.optimizer == "auto" and cfg.train.lr is not None and optimizer != "adam":
+        warnings.warn(
+            f"train.optimizer auto chose {optimizer} ({memory_plan.reason}); train.lr {cfg.train.lr:g} is used as "
+            f"given, where {optimizer}'s own default is {DEFAULT_LR[optimizer]:g} (docs/optimizers.md): name the "
+            "optimizer and its rate to silence this",
+            MedkgeWarning,
+            stacklevel=3,
+        )
+    return Plan(optimizer, lr, memory_plan)
 
 
 def has_progress(folder: Path) -> bool:
@@ -448,33 +515,88 @@ def _say(progress: bool, message: str) -> None:
         print(f"medkge: {message}", file=sys.stderr)
 
 
-def _execute(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> Run:
+def _world() -> int:
+    """The number of processes torchrun started for this job (0: not started by torchrun)."""
+    from .distributed import launched
+
+    return int(os.environ["WORLD_SIZE"]) if launched() else 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0)) if _world() else 0
+
+
+def _hold(folder: Path, what: str) -> contextlib.AbstractContextManager:
+    """The run folder's lock (files.lock_folder), held by rank 0 for its job: the other ranks write only shards."""
+    return lock_folder(folder, what) if _rank() == 0 else contextlib.nullcontext()
+
+
+def _connect(cfg: Config, world: int) -> Comm:
+    """How this process talks to the others: alone, or joined to torchrun's job (after every check passed)."""
+    if not world:
+        return Local(runtime.resolve_device(cfg.train.device))
+    from .distributed import connect
+
+    return connect(cfg.train.device)
+
+
+def _execute(
+    cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm, prepare: Callable[[], None] | None = None
+) -> Run | None:
+    from . import distributed
+
+    try:
+        if prepare is not None:
+            prepare()
+        comm.barrier()
+        results = _run_method(cfg, dataset, folder, progress, comm)
+        comm.barrier()
+    except BaseException as error:
+        if isinstance(comm, distributed.Cluster):
+            distributed.stop(comm, error)
+        raise
+    if isinstance(comm, distributed.Cluster):
+        # Free the model and its store now, before the process group goes, not at interpreter exit: left to
+        # exit, a rank of a run that had succeeded now and then aborted ("terminate called without an active
+        # exception"; 4 of 11 two-rank runs on a loaded machine with TorchRec's modules, 0 of 30 so)
+        gc.collect()
+        comm.close()
+    return results
+
+
+def _run_method(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> Run | None:
     if cfg.train.threads:
         runtime.set_threads(cfg.train.threads)
     if cfg.train.tune_malloc:
         runtime.keep_freed_memory()
     if cfg.train.flush_denormals:  # after the thread count: threads made later would not have it
         runtime.flush_denormals()
-    device = runtime.resolve_device(cfg.train.device)
     started = time.perf_counter()
-    info = METHODS[cfg.method](cfg, dataset, folder, progress)
-    run = Run.open(folder, device)
+    info = METHODS[cfg.method](cfg, dataset, folder, progress, comm)
+    peaks = comm.all_gather_object(memory.peak_rss())
+    if comm.rank:
+        return None
+    run = Run.open(folder, comm.device)
     run._dataset = dataset
+    device = runtime.describe_device(comm.device) + (f" x {comm.world} ranks" if comm.world > 1 else "")
     results: dict[str, Any] = {
         "method": cfg.method,
         "dataset": dataset.name,
         "dataset_fingerprint": dataset.fingerprint(),
         "model": cfg.model.name,
         "dims": run.dims,
-        "device": runtime.describe_device(device),
+        "device": device,
+        "world_size": comm.world,
+        "peak_rss_by_rank": peaks,
         "optimizer": cfg.train.optimizer,
+        "lr": cfg.train.lr,
         "machine": platform.machine(),
         "torch": torch.__version__,
         **info,
     }
     if results.get("valid") is None:
         results["valid"] = run.evaluate("valid", progress=progress).to_dict()
-    if cfg.eval.test:
+    if cfg.eval.test and "test" not in results:
         eval_started = time.perf_counter()
         results["test"] = run.evaluate("test", progress=progress).to_dict()
         results["test_eval_seconds"] = time.perf_counter() - eval_started

@@ -29,6 +29,7 @@ from .scoring import (
     plain_scores,
     training_scores,
 )
+from .seeding import RELATION_INIT, init_entity_rows, keyed_generator
 
 DEFAULT_DIMS: tuple[int, ...] = tuple(range(10, 641, 10))
 DEFAULT_GAMMA = 12.0
@@ -39,7 +40,8 @@ class CroppableModel(nn.Module):
 
     Args:
         model: one of transe, distmult, complex, rotate, simple, pairre.
-        num_entities, num_relations: table sizes.
+        num_entities: rows of the entity table.
+        num_relations: rows of the relation table.
         dims: increasing sub-model dimensions; the tables are ``dims[-1]`` wide. "Dimension" follows each
             model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
         gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
@@ -58,6 +60,10 @@ class CroppableModel(nn.Module):
             about lr * phase_scale. None: pi / init_scale, RotatE's code, whose phase step grows with the
             width (config model.phase_scale; docs/choices.md).
         generator: random generator for the initialisation.
+        seed: initialise from streams keyed by (seed, row block) instead (seeding.py): the training pipeline's
+            choice, so that a table sharded across processes starts with the values one process gives it.
+        entity_table: False leaves the entity table a placeholder on the meta device (no memory), for a table
+            held elsewhere, sharded across processes (distributed.py); scoring then takes the batch's rows.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class CroppableModel(nn.Module):
         init_scale: float | None = None,
         phase_scale: float | None = None,
         generator: torch.Generator | None = None,
+        seed: int | None = None,
         entity_table: bool = True,
     ):
         super().__init__()
@@ -107,16 +114,20 @@ class CroppableModel(nn.Module):
             raise MedkgeError(f"phase_scale must be greater than 0, got {phase_scale}")
         self.phase_scale = float(phase_scale) if model == "rotate" else 1.0
         it = self.interaction
-        # entity_table=False: a placeholder on the meta device (no memory) for a table held elsewhere,
-        # sharded across processes (distributed.py); scoring then takes the batch's rows explicitly
         where = None if entity_table else "meta"
         self.entity = nn.Parameter(torch.empty(num_entities, it.entity_parts, width, device=where))
         self.relation = nn.Parameter(torch.empty(num_relations, it.relation_parts, width))
+        # RotatE's phases start uniform in [-pi, pi] whatever phase_scale is
+        bound = math.pi / self.phase_scale if model == "rotate" else self.init_scale
         with torch.no_grad():
-            self.entity.uniform_(-self.init_scale, self.init_scale, generator=generator)
-            # RotatE's phases start uniform in [-pi, pi] whatever phase_scale is
-            bound = math.pi / self.phase_scale if model == "rotate" else self.init_scale
-            self.relation.uniform_(-bound, bound, generator=generator)
+            if seed is not None:
+                if entity_table:
+                    init_entity_rows(self.entity.data, 0, num_entities, seed, self.init_scale)
+                self.relation.uniform_(-bound, bound, generator=keyed_generator(seed, RELATION_INIT))
+            else:
+                if entity_table:
+                    self.entity.uniform_(-self.init_scale, self.init_scale, generator=generator)
+                self.relation.uniform_(-bound, bound, generator=generator)
 
     # ---- description -------------------------------------------------------------------------
     @property
@@ -390,6 +401,11 @@ class Group:
     def entity_ids(self) -> list[Tensor]:
         """Every entity id the group reads (anchors, own candidates, shared negatives)."""
         return [self.anchor, self.candidates.reshape(-1), self.shared_ids()]
+
+    def to(self, device: torch.device) -> Group:
+        shared = None if self.shared is None else self.shared.to(device)
+        moved = (self.anchor.to(device), self.relation.to(device), self.candidates.to(device), shared)
+        return Group(self.side, *moved, self.chunk, self.offset)
 
     def remap(self, index) -> Group:
         """The same group with entity ids passed through ``index`` (ids into a table of the batch's rows)."""

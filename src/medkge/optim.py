@@ -46,10 +46,25 @@ def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = T
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
+# The learning rate each entity optimiser gets where train.lr is not set (benchmarks/optimizers.py measured them:
+# docs/optimizers.md). Adam's moves a coordinate by about lr per step whatever its gradient's scale; Adagrad's
+# step shrinks as a row's squared gradients add up, so it starts larger (PyTorch-BigGraph's default is 0.1).
+DEFAULT_LR = {"adam": 1e-3, "sparse_adam": 1e-3, "row_adagrad": 0.1}
+
+
+def rows_per_step(batch_size: int, negatives: int, shared_negatives: int = 0) -> int:
+    """Entity rows one training step gathers, with repeats: each positive's head and tail, and its own
+    negatives or its side's shared chunks (the last chunk of each side padded)."""
+    if shared_negatives:
+        chunks = 2 * math.ceil(batch_size / 2 / shared_negatives) + 2
+        return 2 * batch_size + chunks * negatives
+    return batch_size * (2 + negatives)
+
+
 def choose(name: str, num_entities: int, rows_per_step: int, adam_fits: bool) -> str:
     """The entity optimiser for ``train.optimizer`` ``name``: ``auto`` gives dense Adam on tables of at most
     DENSE_ROWS_PER_TOUCHED_ROW rows per gathered row, lazy Adam above, row-wise Adagrad where Adam's two
-    moments per coordinate do not fit in memory (``adam_fits``)."""
+    moments per coordinate do not fit in memory (``adam_fits``). A named optimiser is never replaced."""
     if name != "auto":
         return name
     if num_entities <= DENSE_ROWS_PER_TOUCHED_ROW * rows_per_step:
@@ -58,21 +73,62 @@ def choose(name: str, num_entities: int, rows_per_step: int, adam_fits: bool) ->
 
 
 class RowOptimizer:
-    """Updates the rows ``rows`` (distinct ids) of one table from their gradient ``grad [len(rows), ...]``."""
+    """Updates the rows ``rows`` (distinct ids) of one table from their gradient ``grad [len(rows), ...]``.
+
+    Its state is row-indexed tensors (one row per table row: a process holding rows [lo, hi) of a sharded
+    table holds their state) and 0-d counters that every process keeps equal, so a checkpoint can be cut
+    into row ranges and resumed on another number of processes.
+    """
 
     def __init__(self, table: Tensor):
         self.table = table
-        self.steps = 0
 
     def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
         raise NotImplementedError
 
     def state_tensors(self) -> dict[str, Tensor]:
-        """The state to checkpoint (step count included)."""
+        """The state to checkpoint: row-indexed tensors and 0-d counters."""
         raise NotImplementedError
 
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        raise NotImplementedError
+        state = self.state_tensors()
+        with torch.no_grad():
+            for key, value in state.items():
+                value.copy_(tensors[key])
+
+
+class TableAdam(RowOptimizer):
+    """Dense Adam over the whole table (PyTorch's, fused where it can be): every row moves every step, by its
+    momentum where the step did not touch it. ``step(rows, grad)`` spreads the touched rows' gradient into a
+    table-sized one (the sharded path); the one-process path fills ``table.grad`` by autograd and calls
+    :meth:`step_dense`."""
+
+    def __init__(self, table: Tensor, fused: bool = True):
+        super().__init__(table)
+        self.param = table if isinstance(table, torch.nn.Parameter) else torch.nn.Parameter(table, requires_grad=False)
+        self.optimizer = adam([self.param], 1e-3, fused=fused)
+        # the state exists from the start (a checkpoint before the first step holds it, zeroed)
+        on = self.param.device if any(g.get("fused") for g in self.optimizer.param_groups) else "cpu"
+        self.optimizer.state[self.param] = {
+            "step": torch.zeros((), dtype=torch.float32, device=on),
+            "exp_avg": torch.zeros_like(table),
+            "exp_avg_sq": torch.zeros_like(table),
+        }
+
+    def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
+        full = torch.zeros_like(self.table)
+        full.index_copy_(0, rows, grad.to(full.dtype))
+        self.param.grad = full
+        self.step_dense(lr)
+
+    def step_dense(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.param.grad = None
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return self.optimizer.state[self.param]
 
 
 class LazyAdam(RowOptimizer):
@@ -85,33 +141,30 @@ class LazyAdam(RowOptimizer):
         self.eps = eps
         self.exp_avg = torch.zeros_like(table)
         self.exp_avg_sq = torch.zeros_like(table)
+        self.steps = torch.zeros((), dtype=torch.int64)  # steps of the run (bias correction)
 
     @torch.no_grad()
     def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
         self.steps += 1
+        steps = int(self.steps)
         b1, b2 = self.beta1, self.beta2
         m = self.exp_avg.index_select(0, rows).lerp_(grad, 1 - b1)
         v = self.exp_avg_sq.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)
         self.exp_avg.index_copy_(0, rows, m)
         self.exp_avg_sq.index_copy_(0, rows, v)
-        bias1 = 1 - b1**self.steps
-        bias2 = 1 - b2**self.steps
+        bias1 = 1 - b1**steps
+        bias2 = 1 - b2**steps
         # dense Adam: p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)
         denom = v.sqrt_().div_(math.sqrt(bias2)).add_(self.eps)
         self.table.index_add_(0, rows, m.div_(denom), alpha=-lr / bias1)
 
     def state_tensors(self) -> dict[str, Tensor]:
-        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.exp_avg.copy_(tensors["exp_avg"])
-        self.exp_avg_sq.copy_(tensors["exp_avg_sq"])
-        self.steps = int(tensors["steps"])
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
 
 
 class RowAdagrad(RowOptimizer):
     """Row-wise Adagrad: ``state[row] += mean(g_row ** 2)``, ``row -= lr * g_row / (sqrt(state[row]) + eps)``
-    (fbgemm's EXACT_ROWWISE_ADAGRAD, which TorchRec's fused tables run; PyTorch-BigGraph's RowAdagrad)."""
+    (fbgemm's EXACT_ROWWISE_ADAGRAD; PyTorch-BigGraph's RowAdagrad)."""
 
     def __init__(self, table: Tensor, eps: float = 1e-8):
         super().__init__(table)
@@ -120,7 +173,6 @@ class RowAdagrad(RowOptimizer):
 
     @torch.no_grad()
     def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
-        self.steps += 1
         mean_square = grad.reshape(len(rows), -1).float().square().mean(1)
         state = self.state_sum.index_select(0, rows).add_(mean_square)
         self.state_sum.index_copy_(0, rows, state)
@@ -128,15 +180,13 @@ class RowAdagrad(RowOptimizer):
         self.table.index_add_(0, rows, grad * scale.view(-1, *([1] * (grad.ndim - 1))))
 
     def state_tensors(self) -> dict[str, Tensor]:
-        return {"state_sum": self.state_sum, "steps": torch.tensor(self.steps)}
-
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        self.state_sum.copy_(tensors["state_sum"])
-        self.steps = int(tensors["steps"])
+        return {"state_sum": self.state_sum}
 
 
-def row_optimizer(name: str, table: Tensor) -> RowOptimizer:
-    """The row-wise optimiser ``name`` (sparse_adam, row_adagrad) of ``table``."""
+def row_optimizer(name: str, table: Tensor, fused: bool = True) -> RowOptimizer:
+    """The entity table's optimiser ``name`` (adam, sparse_adam, row_adagrad) over ``table``."""
+    if name == "adam":
+        return TableAdam(table, fused=fused)
     if name == "sparse_adam":
         return LazyAdam(table)
     if name == "row_adagrad":

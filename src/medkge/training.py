@@ -1,9 +1,11 @@
-"""The trainer: batches, negatives, Adam with linear decay, validation, early stopping, checkpoints.
+"""The trainer: one training pipeline for every path. Batches, negatives, the step, validation, early stopping,
+the kept model and checkpoints happen here once; where the entity table lives (one process or rows sharded
+across processes, a dense or a row-wise optimiser) is the entity store's business (stores.py).
 
-``train(dataset="kinships", model="rotate", dims=[...], epochs=..., out="runs/x")`` trains MED and returns
-the :class:`~medkge.run.Run`. A run is deterministic for a seed on one machine: shuffling and negatives
-come from one ``torch.Generator`` whose state is checkpointed with the model and the optimiser, so a
-run killed mid-epoch and resumed from its last checkpoint ends exactly where an uninterrupted run ends.
+A run is deterministic for a seed on one machine: the initial tables, the order of the triples and every
+negative come from streams keyed by (seed, step, position) (seeding.py), so a run killed mid-epoch and resumed
+from its last checkpoint ends exactly where an uninterrupted run ends, and a run on N processes trains the model
+one process trains, to float rounding.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,53 +27,17 @@ from . import runtime
 from .config import Config, parse_metric
 from .datasets import Dataset
 from .errors import MedkgeError, MedkgeWarning
-from .evaluation import Metrics, evaluate
-from .files import append_jsonl, load_tensors, read_jsonl, rewrite_jsonl, save_model, save_tensors, truncate_jsonl
+from .evaluation import Metrics
+from .files import append_jsonl, load_tensors, read_jsonl, rewrite_jsonl, save_tensors, truncate_jsonl
 from .losses import regularization
-from .model import CroppableModel, Group
-from .optim import SPARSE, choose, dense_optimizer, row_optimizer
+from .model import CroppableModel
+from .optim import DEFAULT_LR, choose, dense_optimizer, rows_per_step
 from .run import eval_protocol
-from .sampling import NegativeSampler, batches
+from .sampling import Batch, NegativeSampler
+from .stores import Comm, Local
 
 # (loss, logs) from the scores [B, 1 + K, n] of a batch
 Objective = Callable[[Tensor, "Batch"], tuple[Tensor, dict[str, Tensor]]]
-
-
-@dataclass
-class Batch:
-    """One training batch: positives and their negatives, grouped by the side that was corrupted.
-
-    ``groups`` holds one :class:`~medkge.model.Group` per side; its candidate column 0 is the positive,
-    followed by its own negatives or by the negatives its chunk shares. Objectives that need another
-    model's scores on the same triples (distillation) score the batch with :func:`score_batch`.
-    """
-
-    groups: list[Group]
-    positives: Tensor
-
-    def entity_ids(self) -> Tensor:
-        """Every entity id the batch reads, the positives' heads and tails included (with repeats)."""
-        ids = [x for g in self.groups for x in g.entity_ids()]
-        return torch.cat([*ids, self.positives[:, 0], self.positives[:, 2]])
-
-
-def make_batch(positives: Tensor, corrupt_head: Tensor, negatives: Tensor | Sequence[Tensor], chunk: int = 0) -> Batch:
-    """A batch of ``positives [B, 3]`` whose head (``corrupt_head``) or tail is replaced by negatives.
-
-    ``negatives`` is ``[B, K]`` (each positive its own) or, with ``chunk`` > 0, one ``[chunks, N]`` tensor per
-    side (tail side first, as the sampler draws them): chunk j of a side's positives shares row j.
-    """
-    groups = []
-    for i, (side, mask) in enumerate((("tail", ~corrupt_head), ("head", corrupt_head))):
-        if not bool(mask.any()):
-            continue
-        p = positives[mask]
-        anchor, true = (p[:, 0], p[:, 2]) if side == "tail" else (p[:, 2], p[:, 0])
-        if chunk:
-            groups.append(Group(side, anchor, p[:, 1], true.unsqueeze(1), negatives[i], chunk))
-        else:
-            groups.append(Group(side, anchor, p[:, 1], torch.cat([true.unsqueeze(1), negatives[mask]], dim=1)))
-    return Batch(groups, positives)
 
 
 def score_batch(model: CroppableModel, batch: Batch) -> Tensor:
@@ -103,6 +69,10 @@ class Trainer:
 
     Files: the kept model goes to ``model_path``, the training state to ``checkpoint_path``, one JSON
     line per epoch and validation to ``log_path`` (tagged with ``tag`` when several models share a log).
+    ``comm`` says how this process talks to the others of its job (stores.Local, or distributed.Cluster under
+    torchrun); it picks where the entity table lives (its entity store). Everything else happens here, once,
+    whatever the number of processes: each trains its share of every batch, and the run's result does not
+    depend on how many there are (to float rounding).
     """
 
     def __init__(
@@ -118,18 +88,22 @@ class Trainer:
         extra_parameters: list[torch.nn.Parameter] | None = None,
         slow_parameters: list[torch.nn.Parameter] | None = None,
         slow_lr_scale: float = 1.0,
-        lr: float | None = None,
         epochs: int | None = None,
         seed: int | None = None,
         tag: str = "",
         progress: bool = True,
-        optimizer: str | None = None,
+        comm: Comm | None = None,
     ):
         self.cfg = config
         self.dataset = dataset
-        self.device = runtime.resolve_device(config.train.device)
-        # a model whose entity table lives elsewhere (sharded across ranks) has a meta-device placeholder
-        self.model = model if model.entity.is_meta else model.to(self.device)
+        self.comm = comm or Local(runtime.resolve_device(config.train.device))
+        self.device = self.comm.device
+        # a model whose entity table lives elsewhere (sharded across processes) has a meta-device placeholder
+        if model.entity.is_meta:
+            model.relation.data = model.relation.data.to(self.device)
+        else:
+            model = model.to(self.device)
+        self.model = model
         self.objective = objective
         self.model_path, self.checkpoint_path, self.log_path = model_path, checkpoint_path, log_path
         # parameters trained beside the model (MED's w, DualDE's weighting, a stage-2 teacher); they are
@@ -138,29 +112,32 @@ class Trainer:
         slow = [p for p in (slow_parameters or []) if p.requires_grad]
         self.extra_parameters = extra + slow
         self.small_extras = len(extra)  # kept in the final checkpoint (MED's w, DualDE's a and b)
-        self.lr = config.train.lr if lr is None else lr
         self.epochs = config.train.epochs if epochs is None else epochs
         self.tag = tag
-        self.progress = progress
+        self.progress = progress and self.comm.rank == 0
         self.metric, self.metric_dim = parse_metric(config.eval.metric, config.model.dims)
         if self.metric_dim not in model.dims:  # a per-dim model (DT) stops on its own dim
             self.metric_dim = None
         tc = config.train
+        self.seed = tc.seed if seed is None else seed
         self.sampler = NegativeSampler(
-            dataset.train, dataset.num_entities, dataset.num_relations, tc.negatives, tc.corruption, tc.filter_negatives
+            dataset.train,
+            dataset.num_entities,
+            dataset.num_relations,
+            tc.negatives,
+            tc.corruption,
+            tc.filter_negatives,
+            seed=self.seed,
         )
-        self.generator = torch.Generator().manual_seed(tc.seed if seed is None else seed)
-        # the entity table's optimiser: dense Adam over the whole table, or a row-wise one over the rows a
-        # step touches (optim.py); the relation table and the extra parameters are always dense
-        self.optimizer_name = optimizer or choose(
-            tc.optimizer, dataset.num_entities, tc.batch_size * (2 + tc.negatives), adam_fits=True
+        # the pre-flight resolves both (memory.plan); a Trainer built directly resolves them the same way
+        self.optimizer_name = choose(
+            tc.optimizer, dataset.num_entities, rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives), True
         )
-        self.rows = None
-        dense = list(self.model.parameters())
-        if self.optimizer_name in SPARSE:
-            self.model.entity.requires_grad_(False)  # no dense gradient: rows are gathered into a leaf per step
-            self.rows = row_optimizer(self.optimizer_name, self.model.entity.data)
-            dense = [p for p in dense if p is not self.model.entity]
+        self.lr = tc.lr if tc.lr is not None else DEFAULT_LR[self.optimizer_name]
+        # the entity table's rows and their optimiser (stores.py); the relation table and the extra parameters
+        # are small, replicated, and learn with the dense optimiser that goes with the entity one
+        self.store = self.comm.entity_store(self.model, self.optimizer_name, self.seed, tc.fused_kernels)
+        dense = [p for p in self.model.parameters() if p is not self.model.entity]
         groups = [{"params": [*dense, *extra], "lr_scale": 1.0}]
         if slow:
             groups.append({"params": slow, "lr_scale": slow_lr_scale})
@@ -222,7 +199,7 @@ class Trainer:
         started = time.perf_counter()
         total_steps = self.epochs * self.steps_per_epoch
         sums: dict[str, Tensor] = {}
-        order = self.epoch_order(epoch)
+        order = self.sampler.epoch_order(len(self.train_triples), tc.batch_size, epoch)
         inner = tqdm(
             order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not self.progress or len(order) < 50
         )
@@ -246,59 +223,56 @@ class Trainer:
             stats["w"] = [round(float(x), 6) for x in weights.detach()]
         return stats
 
-    def epoch_order(self, epoch: int) -> list[Tensor]:
-        """The batches of training triple indices of ``epoch`` (shuffled by the run's generator)."""
-        return batches(len(self.train_triples), self.cfg.train.batch_size, self.generator)
-
     def epoch_means(self, sums: dict[str, Tensor], steps: int) -> dict[str, float]:
-        """The epoch's mean of each logged value, from their sums over its steps."""
-        return {key: float(value) / steps for key, value in sums.items()}
+        """The epoch's mean of each logged value over every process's share of its steps."""
+        names = self.comm.all_gather_object(sorted(sums))  # a process with no positives logged fewer values
+        keys = sorted({k for part in names for k in part})
+        local = torch.stack([sums[k].double() if k in sums else torch.zeros((), dtype=torch.float64) for k in keys])
+        (total,) = self.comm.all_sum(local)
+        return {k: float(total[i]) / steps for i, k in enumerate(keys)}
 
     def step(self, positives: Tensor, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
-        """One training step on ``positives [B, 3]`` at learning rate ``lr``: negatives, scores, loss, update."""
-        chunk = self.cfg.train.shared_negatives
-        positives = positives.long()
-        if chunk:
-            corrupt_head, shared = self.sampler.sample_shared(positives, chunk, self.generator)
-            negatives: Tensor | list[Tensor] = [x.to(self.device) for x in shared]
-        else:
-            corrupt_head, own = self.sampler.sample(positives, self.generator)
-            negatives = own.to(self.device)
-        batch = make_batch(positives.to(self.device), corrupt_head.to(self.device), negatives, chunk)
+        """One training step on the batch ``positives [B, 3]`` at learning rate ``lr``: this process's share of
+        its positives, their negatives, scores, loss and update."""
+        comm, total = self.comm, len(positives)
+        lo, hi = total * comm.rank // comm.world, total * (comm.rank + 1) // comm.world
+        batch = self.sampler.batch(positives, self.state.step, lo, hi, self.cfg.train.shared_negatives)
+        batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        scores, entity_rows, touched = self.forward(batch)
-        loss, logs = self.objective(scores, batch)
-        if self.cfg.loss.regularizer != "none" and self.cfg.loss.reg_weight > 0:
-            reg = self.cfg.loss.reg_weight * self.regularizer(batch.positives, entity_rows)
-            loss = loss + reg
-            logs["reg"] = reg.detach()
-        loss.backward()
+        table, local = self.store.gather(batch.entity_ids())
+        model = self.model
+        if table is None:
+            entity_rows = model.entity_rows
+        else:
+            groups = [g.remap(local) for g in batch.groups]
+
+            def entity_rows(ids: Tensor) -> Tensor:
+                rows = table.index_select(0, local(ids.reshape(-1)))
+                return model._normalize(rows.view(*ids.shape, *table.shape[1:]))
+
+        logs: dict[str, Tensor] = {}
+        share = (hi - lo) / total  # the batch's mean is the sum of each process's share of it
+        if hi > lo:
+            scores = model.score_groups(batch.groups if table is None else groups, entity=table)
+            loss, logs = self.objective(scores, batch)
+            if self.cfg.loss.regularizer != "none" and self.cfg.loss.reg_weight > 0:
+                reg = self.cfg.loss.reg_weight * self.regularizer(batch.positives, entity_rows)
+                loss = loss + reg
+                logs["reg"] = reg.detach()
+        else:  # no positives here (a batch smaller than the job): still take part in the exchanges
+            loss = (table if table is not None else model.relation).sum() * 0.0
+        (loss * share).backward()
+        if comm.world > 1:  # the replicated parameters learn from the whole batch
+            dense = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in dense]
+            for p, g in zip(dense, comm.all_sum(*grads), strict=True):
+                p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients as soon as they are applied
-        if touched is not None:
-            rows, leaf = touched
-            self.rows.step(rows, leaf.grad, lr)
+        self.store.update(lr)
         self.state.step += 1
-        return loss.detach(), logs
-
-    def forward(self, batch: Batch) -> tuple[Tensor, Callable[[Tensor], Tensor], tuple[Tensor, Tensor] | None]:
-        """(scores, entity rows by id, (touched rows, their leaf) for a row optimiser, else None)."""
-        model = self.model
-        if self.rows is None:
-            return score_batch(model, batch), model.entity_rows, None
-        # only the batch's rows, gathered once into a leaf whose gradient the row optimiser applies
-        rows = torch.unique(batch.entity_ids())
-        leaf = model.entity.detach().index_select(0, rows).requires_grad_()
-
-        def local(ids: Tensor) -> Tensor:  # ids into the leaf
-            return torch.searchsorted(rows, ids.contiguous())
-
-        def entity_rows(ids: Tensor) -> Tensor:
-            return model._normalize(leaf.index_select(0, local(ids.reshape(-1))).view(*ids.shape, *leaf.shape[1:]))
-
-        scores = model.score_groups([g.remap(local) for g in batch.groups], entity=leaf)
-        return scores, entity_rows, (rows, leaf)
+        return loss.detach() * share, {k: v.detach() * share for k, v in logs.items()}
 
     def regularizer(self, positives: Tensor, entity_rows: Callable[[Tensor], Tensor]) -> Tensor:
         m = self.model
@@ -307,25 +281,30 @@ class Trainer:
         return regularization(self.cfg.loss.regularizer, rows, complex_parts)
 
     # ---- validation and the kept model --------------------------------------------------------
-    def evaluate_valid(self) -> Metrics:
-        """Filtered validation metrics of the model being trained (the run's protocol)."""
-        return evaluate(
+    def evaluate(self, split: str) -> Metrics:
+        """Filtered metrics of the model as it is now on ``split`` (the run's protocol for that split)."""
+        return self.store.evaluate(
             self.model,
             self.dataset,
-            "valid",
+            split,
             ties=self.cfg.eval.ties,
             memory_budget=self.cfg.eval.memory_budget,
             progress=self.progress,
-            **eval_protocol(self.cfg, split="valid"),
+            **eval_protocol(self.cfg, split=split),
         )
 
     def keep_model(self) -> None:
         """Save the model being trained as the run's kept model (the best on validation so far)."""
-        save_model(self.model_path, self.model)
+        self.store.keep(self.model, self.model_path)
+
+    def restore_kept(self) -> None:
+        """Put the kept model back in place of the one being trained (nothing kept: keep the last one)."""
+        if not self.store.restore(self.model, self.model_path):
+            self.keep_model()
 
     def validate(self, epoch: int) -> Metrics:
         started = time.perf_counter()
-        metrics = self.evaluate_valid()
+        metrics = self.evaluate("valid")
         self.state.eval_seconds += time.perf_counter() - started
         value = metrics.mean(self.metric) if self.metric_dim is None else metrics[self.metric_dim][self.metric]
         best = self.state.best_value
@@ -354,6 +333,11 @@ class Trainer:
     def drop_earlier_attempt(self) -> None:
         """Starting without a checkpoint: drop what an earlier attempt of this model logged (its checkpoint is
         gone), say so, and keep that attempt's training time as ``discarded_seconds``."""
+        if self.comm.rank == 0:
+            self._drop_earlier_attempt()
+        self.log_lines = self.comm.broadcast_object(self.log_lines)
+
+    def _drop_earlier_attempt(self) -> None:
         records = list(read_jsonl(self.log_path))
         mine = [r for r in records if r.get("model", "") == self.tag and r.get("type") in ("epoch", "valid")]
         if not mine:
@@ -366,7 +350,7 @@ class Trainer:
             f"epoch {epochs}; its {len(mine)} log records are dropped, its {seconds:.1f} s of training kept "
             "as discarded_seconds)",
             MedkgeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         kept = [r for r in records if not any(r is m for m in mine)]
         rewrite_jsonl(self.log_path, kept)
@@ -381,29 +365,49 @@ class Trainer:
             print(f"medkge: {message}", file=sys.stderr)
 
     def log(self, record: dict[str, Any]) -> None:
-        if self.tag:
-            record = {"model": self.tag, **record}
-        append_jsonl(self.log_path, record)
+        """One line of the run's log (written by rank 0; every process counts it)."""
+        if self.comm.rank == 0:
+            append_jsonl(self.log_path, {"model": self.tag, **record} if self.tag else record)
         self.log_lines += 1
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self, final: bool = False) -> None:
-        """Save the training state; a ``final`` checkpoint keeps only the progress (the model is saved)."""
+        """Save the training state; a ``final`` checkpoint keeps only the progress (the model is saved).
+
+        The entity rows and their optimiser state are row ranges: in one process they go into the checkpoint
+        file itself; in several, each writes its rows into ``<checkpoint>.rows/step-S/rank-R.safetensors`` and
+        rank 0's file, written last, names them. Either resumes on any number of processes."""
+        comm = self.comm
         self.state.log_lines = self.log_lines
+        rows_dir = checkpoint_rows_dir(self.checkpoint_path)
         if final:  # the model is saved; keep the small parameters that a next stage may start from
-            small = {f"extra.{i}": p for i, p in enumerate(self.extra_parameters[: self.small_extras])}
-            save_tensors(self.checkpoint_path, small, {"state": self.state.__dict__})
+            if comm.rank == 0:
+                small = {f"extra.{i}": p for i, p in enumerate(self.extra_parameters[: self.small_extras])}
+                save_tensors(self.checkpoint_path, small, {"state": self.state.__dict__})
+                _remove_row_files(rows_dir, keep=None)
+            comm.barrier()
             return
-        tensors = {"model.entity": self.model.entity, "model.relation": self.model.relation}
-        for i, p in enumerate(self.extra_parameters):
-            tensors[f"extra.{i}"] = p
-        optim = self.optimizer.state_dict()
-        tensors |= optimizer_tensors(optim)
-        if self.rows is not None:
-            tensors |= {f"rows.{key}": value for key, value in self.rows.state_tensors().items()}
-        tensors["generator"] = self.generator.get_state()
-        metadata = {"state": self.state.__dict__, "param_groups": optim["param_groups"]}
-        save_tensors(self.checkpoint_path, tensors, metadata)
+        rows = self.store.state_tensors()
+        ranges = comm.all_gather_object([self.store.lo, self.store.hi])
+        step_dir = rows_dir / f"step-{self.state.step}"
+        inline: dict[str, Tensor] = {}
+        if comm.world > 1:
+            save_tensors(step_dir / f"rank-{comm.rank}.safetensors", rows, {"range": ranges[comm.rank]})
+            comm.barrier()  # every rank's rows are on disk before rank 0's file points at them
+        else:
+            inline = {f"rows.{k}": v for k, v in rows.items()}
+        if comm.rank == 0:
+            tensors = {"model.relation": self.model.relation, **inline}
+            for i, p in enumerate(self.extra_parameters):
+                tensors[f"extra.{i}"] = p
+            optim = self.optimizer.state_dict()
+            tensors |= optimizer_tensors(optim)
+            where = {"ranges": ranges, "step": self.state.step if comm.world > 1 else None}
+            where |= {"shape": list(self.model.entity.shape), "optimizer": self.optimizer_name}
+            metadata = {"state": self.state.__dict__, "param_groups": optim["param_groups"], "rows": where}
+            save_tensors(self.checkpoint_path, tensors, metadata)
+            _remove_row_files(rows_dir, keep=step_dir.name if comm.world > 1 else None)
+        comm.barrier()
 
     def load_checkpoint(self) -> None:
         tensors, metadata = load_tensors(self.checkpoint_path, "medkge checkpoint")
@@ -414,32 +418,97 @@ class Trainer:
                     if f"extra.{i}" in tensors:
                         p.copy_(tensors[f"extra.{i}"])
             return
+        where = metadata.get("rows")
+        if not isinstance(where, dict):
+            raise MedkgeError(
+                f"{self.checkpoint_path}: a checkpoint of an earlier medkge, which this one does not resume: "
+                "start the run again (or finish it with the version that began it)"
+            )
+        if where["shape"] != list(self.model.entity.shape) or where["optimizer"] != self.optimizer_name:
+            raise MedkgeError(
+                f"{self.checkpoint_path}: does not match this run (table {where['shape']}, optimizer "
+                f"{where['optimizer']}; this run: {list(self.model.entity.shape)}, {self.optimizer_name})"
+            )
         try:
+            if where["step"] is None:
+                sources = [(self.checkpoint_path, "rows.")]
+            else:
+                step_dir = checkpoint_rows_dir(self.checkpoint_path) / f"step-{where['step']}"
+                sources = [(step_dir / f"rank-{r}.safetensors", "") for r in range(len(where["ranges"]))]
+            rows = self.store.state_tensors()
+            read_rows(sources, where["ranges"], self.store.lo, rows)
+            self.store.load_state_tensors(rows)
             with torch.no_grad():
-                self.model.entity.copy_(tensors["model.entity"])
                 self.model.relation.copy_(tensors["model.relation"])
                 for i, p in enumerate(self.extra_parameters):
                     p.copy_(tensors[f"extra.{i}"])
-            optim_state = optimizer_state(tensors)
-            # how Adam runs (fused or not) follows this run's config, not the checkpoint's
-            keys = ("fused", "foreach", "capturable", "differentiable")
-            implementation = [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict({"state": optim_state, "param_groups": metadata["param_groups"]})
-            for group, settings in zip(self.optimizer.param_groups, implementation, strict=True):
-                group.update(settings)
-            if any(group.get("fused") for group in self.optimizer.param_groups):
-                for p, state in self.optimizer.state.items():  # fused Adam keeps its step counts on the device
-                    if "step" in state:
-                        state["step"] = state["step"].to(p.device, torch.float32)
-            if self.rows is not None:
-                self.rows.load_state_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("rows.")})
-            self.generator.set_state(tensors["generator"])
+            self._load_optimizer(tensors, metadata["param_groups"])
             self.state = TrainState(**metadata["state"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise MedkgeError(f"{self.checkpoint_path}: does not match this run ({error})") from None
         # what the interrupted run logged after its last checkpoint will be logged again: drop it
-        truncate_jsonl(self.log_path, self.state.log_lines)
+        if self.comm.rank == 0:
+            truncate_jsonl(self.log_path, self.state.log_lines)
         self.log_lines = self.state.log_lines
+        if len(where["ranges"]) != self.comm.world:
+            self.say(f"re-sharding the checkpoint of {len(where['ranges'])} process(es) onto {self.comm.world}")
+
+    def _load_optimizer(self, tensors: dict[str, Tensor], param_groups: list[dict[str, Any]]) -> None:
+        """The dense optimiser's state; how it runs (fused or not) follows this run's config, not the checkpoint's."""
+        keys = ("fused", "foreach", "capturable", "differentiable")
+        implementation = [{k: g[k] for k in keys if k in g} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict({"state": optimizer_state(tensors), "param_groups": param_groups})
+        for group, settings in zip(self.optimizer.param_groups, implementation, strict=True):
+            group.update(settings)
+        if any(group.get("fused") for group in self.optimizer.param_groups):
+            for p, state in self.optimizer.state.items():  # fused Adam keeps its step counts on the device
+                if "step" in state:
+                    state["step"] = state["step"].to(p.device, torch.float32)
+
+
+def checkpoint_rows_dir(checkpoint_path: Path) -> Path:
+    """Where the processes of a distributed run write their rows of a checkpoint (``<checkpoint>.rows/``)."""
+    return checkpoint_path.with_name(checkpoint_path.stem + ".rows")
+
+
+def _remove_row_files(rows_dir: Path, keep: str | None) -> None:
+    """Remove the row files of every checkpoint step but ``keep`` (after a newer checkpoint was committed)."""
+    if not rows_dir.is_dir():
+        return
+    for old in rows_dir.glob("step-*"):
+        if old.name != keep:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+    if keep is None:
+        rows_dir.rmdir()
+
+
+def read_rows(sources: list[tuple[Path, str]], ranges: list[list[int]], lo: int, into: dict[str, Tensor]) -> None:
+    """Fill ``into`` (row-indexed tensors of rows [lo, lo + len) by name, and 0-d counters) from files holding
+    row ranges: source R (a path and the prefix of its tensors' names) holds rows ``ranges[R]``. Read as slices,
+    so rows written by any number of processes load into any other."""
+    from safetensors import safe_open
+
+    rows = [v for v in into.values() if v.ndim]
+    hi = lo + (len(rows[0]) if rows else 0)
+    with torch.no_grad():
+        for index, ((path, prefix), (a, b)) in enumerate(zip(sources, ranges, strict=True)):
+            start, stop = max(a, lo), min(b, hi)
+            if start >= stop and index:
+                continue
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for name, target in into.items():
+                        if not target.ndim:
+                            if not index:  # counters are equal everywhere: read them once
+                                target.copy_(f.get_tensor(prefix + name))
+                            continue
+                        if start < stop:
+                            piece = f.get_slice(prefix + name)[start - a : stop - a]
+                            target[start - lo : stop - lo] = piece.view_as(target[start - lo : stop - lo])
+            except (OSError, KeyError, ValueError) as error:
+                raise MedkgeError(f"{path}: checkpoint rows missing or damaged ({error})") from None
 
 
 def optimizer_tensors(state_dict: dict[str, Any]) -> dict[str, Tensor]:
@@ -463,10 +532,11 @@ def optimizer_state(tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]:
 
 
 def build_model(
-    cfg: Config, dataset: Dataset, dims: list[int] | None = None, seed: int | None = None
+    cfg: Config, dataset: Dataset, dims: list[int] | None = None, seed: int | None = None, entity_table: bool = True
 ) -> CroppableModel:
-    """The configured model for ``dataset`` (with ``dims`` instead of the configured ones if given)."""
-    generator = torch.Generator().manual_seed(cfg.train.seed if seed is None else seed)
+    """The configured model for ``dataset`` (with ``dims`` instead of the configured ones if given), initialised
+    from streams keyed by ``seed`` (default train.seed); ``entity_table=False`` leaves the entity table to a
+    sharded store."""
     mc = cfg.model
     model = CroppableModel(
         mc.name,
@@ -480,7 +550,8 @@ def build_model(
         normalize_entities=mc.normalize_entities,
         init_scale=mc.init_scale,
         phase_scale=mc.phase_scale,
-        generator=generator,
+        seed=cfg.train.seed if seed is None else seed,
+        entity_table=entity_table,
     )
     model.fused_kernels = cfg.train.fused_kernels
     return model

@@ -1,0 +1,192 @@
+"""Quality of every training path: each entity optimiser, one process against torchrun ranks.
+
+    python benchmarks/optimizers.py grid --datasets kinships,umls            # validation MRR per optimiser and lr
+    python benchmarks/optimizers.py compare --datasets kinships,umls,wn18rr --seeds 2   # each at its default lr
+    python benchmarks/optimizers.py ranks --datasets kinships,wn18rr         # torchrun, 2 ranks, against 1 process
+
+MED RotatE, sub-models 10, 20, ..., 640, every run with the same options but the one compared: the settings of
+``SETTINGS`` per dataset (the docs/results budgets: Kinships and UMLS 50 epochs at Adam's lr 0.01, WN18RR
+30 epochs), one validation at the end, the test at the end. ``grid`` trains each optimiser at each rate of
+``GRID`` (seed 0) and prints validation MRR: how the optimisers' default rates (optim.DEFAULT_LR) were
+chosen. ``compare`` leaves ``train.lr`` unset, so that each optimiser runs at its own default, and prints test
+MRR at 10 / 40 / 160 / 640 (mean over the seeds) beside dense Adam's. ``ranks`` trains the same options in one
+process and on 2 torchrun ranks (gloo, 127.0.0.1, one thread each) and prints both.
+
+Runs go to ``runs/optimizers/<dataset>-<what>-seed<s>``; finished ones are reused, interrupted ones resumed, and
+each run's record (config.yaml, results.json, metrics.jsonl) is copied to ``--results`` (docs/results/optimizers),
+from which ``--records-only`` prints the tables again without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import medkge
+from medkge.optim import DEFAULT_LR
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "kinships": {"epochs": 50, "lr": 0.01, "gamma": 6.0},
+    "umls": {"epochs": 50, "lr": 0.01, "gamma": 6.0},
+    "wn18rr": {"epochs": 30, "lr": 0.005, "gamma": 6.0, "loss.alpha": 0.5},
+}
+OPTIMIZERS = ("adam", "sparse_adam", "row_adagrad")
+GRID = {
+    "adam": (0.001, 0.003, 0.01, 0.03),
+    "sparse_adam": (0.001, 0.003, 0.01, 0.03),
+    "row_adagrad": (0.03, 0.1, 0.3, 1.0),
+}
+SHOWN = (10, 40, 160, 640)
+RECORD_FILES = ("config.yaml", "results.json", "metrics.jsonl")
+
+
+def options(dataset: str, seed: int, threads: int, **changes: Any) -> dict[str, Any]:
+    base = {
+        "dataset": dataset,
+        "model": "rotate",
+        "dims": "10:640:10",
+        "seed": seed,
+        "train.threads": threads,
+        **SETTINGS[dataset],
+    }
+    base |= {"eval_every": base["epochs"], "patience": 0}
+    return base | changes
+
+
+def train(name: str, opts: dict[str, Any], args: argparse.Namespace, ranks: int = 0) -> dict[str, Any] | None:
+    """The results of run ``name`` (trained, resumed or reused); None with --records-only and no record."""
+    folder, record = args.out / name, args.results / name
+    if args.records_only or (not folder.exists() and (record / "results.json").is_file()):
+        return json.loads((record / "results.json").read_text()) if (record / "results.json").is_file() else None
+    if not (folder / "results.json").is_file():
+        print(f"training {folder}", flush=True)
+        if ranks:
+            torchrun(ranks, opts, folder)
+        elif (folder / "config.yaml").is_file():
+            medkge.resume(folder, progress=False)
+        else:
+            medkge.train(**{k: v for k, v in opts.items() if v is not None}, out=folder, progress=False)
+    record.mkdir(parents=True, exist_ok=True)
+    for file in RECORD_FILES:
+        shutil.copyfile(folder / file, record / file)
+    return json.loads((folder / "results.json").read_text())
+
+
+def torchrun(ranks: int, opts: dict[str, Any], folder: Path) -> None:
+    """``medkge train`` (or ``--resume``) on ``ranks`` torchrun processes, one thread each, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if (folder / "config.yaml").is_file():
+        command = ["train", "--resume", str(folder), "--quiet"]
+    else:
+        command = ["train", "--out", str(folder), "--quiet"]
+        for key, value in opts.items():
+            if value is not None:
+                command += ["--set", f"{medkge.config.ALIASES.get(key, key)}={value}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", "--master-addr=127.0.0.1"]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    subprocess.run([*launcher, f"--master-port={port}", "-m", "medkge", *command], env=env, check=True)
+
+
+def mrr(results: dict[str, Any] | None, split: str, dim: int) -> float | None:
+    return None if results is None else results[split]["dims"][str(dim)]["mrr"]
+
+
+def mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present and len(present) == len(values) else None
+
+
+def cell(value: float | None, reference: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if reference is None else f"{value:.3f} ({value - reference:+.3f})"
+
+
+def grid(args: argparse.Namespace) -> None:
+    for dataset in args.datasets:
+        print(f"\n### {dataset}: validation MRR at {' / '.join(map(str, SHOWN))} and the mean over 64 sub-models\n")
+        print(
+            "| optimizer | lr | " + " | ".join(map(str, SHOWN)) + " | mean |\n|---|---:|" + "---:|" * (len(SHOWN) + 1)
+        )
+        for optimizer in OPTIMIZERS:
+            for lr in GRID[optimizer]:
+                opts = options(dataset, 0, args.threads, **{"train.optimizer": optimizer, "lr": lr})
+                r = train(f"{dataset}-{optimizer}-lr{lr:g}-seed0", opts, args)
+                if r is None:
+                    continue
+                dims = r["valid"]["dims"]
+                overall = sum(v["mrr"] for v in dims.values()) / len(dims)
+                shown = " | ".join(cell(mrr(r, "valid", d)) for d in SHOWN)
+                print(f"| {optimizer} | {lr:g} | {shown} | {overall:.3f} |", flush=True)
+
+
+def compare(args: argparse.Namespace) -> None:
+    for dataset in args.datasets:
+        print(f"\n### {dataset}: test MRR at {' / '.join(map(str, SHOWN))}, mean of seeds {args.seeds}\n")
+        print("| optimizer | lr | " + " | ".join(map(str, SHOWN)) + " |\n|---|---:|" + "---:|" * len(SHOWN))
+        reference: list[float | None] = [None] * len(SHOWN)
+        for optimizer in OPTIMIZERS:
+            runs = []
+            for seed in args.seeds:
+                opts = options(dataset, seed, args.threads, **{"train.optimizer": optimizer, "lr": None})
+                runs.append(train(f"{dataset}-{optimizer}-default-seed{seed}", opts, args))
+            values = [mean([mrr(r, "test", d) for r in runs]) for d in SHOWN]
+            if optimizer == "adam":
+                reference = values
+            shown = " | ".join(
+                cell(v, None if optimizer == "adam" else ref) for v, ref in zip(values, reference, strict=True)
+            )
+            print(f"| {optimizer} | {DEFAULT_LR[optimizer]:g} (default) | {shown} |", flush=True)
+
+
+# The issue's own comparison on Kinships (issue 31): dims 10, 20, 40, 60 epochs, lr 0.01, seed 3
+RANKS = {"kinships": {"dims": "10,20,40", "epochs": 60, "eval_every": 60, "seed": 3}}
+
+
+def ranks(args: argparse.Namespace) -> None:
+    for dataset in args.datasets:
+        changes = RANKS.get(dataset, {})
+        shown = [int(d) for d in str(changes.get("dims", "")).split(",") if d] or list(SHOWN)
+        seed = changes.get("seed", 0)
+        print(f"\n### {dataset}: test MRR at {' / '.join(map(str, shown))}, seed {seed}, one process and 2 ranks\n")
+        print(
+            "| optimizer | lr | processes | "
+            + " | ".join(map(str, shown))
+            + " |\n|---|---:|---|"
+            + "---:|" * len(shown)
+        )
+        for optimizer in args.optimizers:
+            opts = options(dataset, seed, 1, **{"train.optimizer": optimizer, **changes})
+            one = train(f"{dataset}-{optimizer}-1process-seed{seed}", opts, args)
+            two = train(f"{dataset}-{optimizer}-2ranks-seed{seed}", opts, args, ranks=2)
+            lr = opts["lr"]
+            print(f"| {optimizer} | {lr:g} | 1 | " + " | ".join(cell(mrr(one, "test", d)) for d in shown) + " |")
+            values = [cell(mrr(two, "test", d), mrr(one, "test", d)) for d in shown]
+            print(f"| {optimizer} | {lr:g} | 2 ranks | " + " | ".join(values) + " |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=("grid", "compare", "ranks"))
+    p.add_argument("--datasets", type=lambda s: s.split(","), default=["kinships", "umls", "wn18rr"])
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1], help="e.g. 0,1")
+    p.add_argument("--optimizers", type=lambda s: s.split(","), default=["adam"], help="ranks: which optimisers")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of a one-process run")
+    p.add_argument("--out", type=Path, default=Path("runs/optimizers"))
+    p.add_argument("--results", type=Path, default=Path("docs/results/optimizers"))
+    p.add_argument("--records-only", action="store_true", help="print the tables from the records, train nothing")
+    args = p.parse_args()
+    {"grid": grid, "compare": compare, "ranks": ranks}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
