@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medkge: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        hint = f"; continue with `medkge train --resume {args.out}`" if getattr(args, "out", None) else ""
+        training = args.handler is cmd_train and getattr(args, "out", None)
+        hint = f"; continue with `medkge train --resume {args.out}`" if training else ""
         print(f"medkge: interrupted{hint}", file=sys.stderr)
         return 130
 
