@@ -289,6 +289,21 @@ def test_a_second_writer_into_a_folder_in_use_gets_one_line_naming_the_holder(fi
     assert main(["train", "--resume", str(out), "--quiet"]) == 0  # the folder is free again
 
 
+def test_the_lock_of_a_killed_writer_is_free(tmp_path):
+    out = tmp_path / "run"
+    env = os.environ | {"PYTHONPATH": str(Path(medkge.__file__).parents[1])}
+    hold = f"from medkge.files import lock_folder\nwith lock_folder({str(out)!r}, 'medkge export'):\n"
+    hold += "    print('held', flush=True)\n    import time; time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    holder.kill()  # SIGKILL: no clean-up, the lock file stays
+    holder.wait(timeout=60)
+    assert (out / LOCK_FILE).exists()
+    with lock_folder(out, "medkge crop"):
+        assert json.loads((out / LOCK_FILE).read_text())["command"] == "medkge crop"
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_a_lock_is_one_writer_at_a_time_even_within_a_process_and_leaves_nothing(tmp_path):
     out = tmp_path / "new" / "run"
     with lock_folder(out, "medkge export"):
