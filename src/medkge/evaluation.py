@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .datasets import Dataset
-from .errors import MedkgeError
+from .errors import MedkgeError, MedkgeWarning
 from .model import BlockScorer, CroppableModel
 from .scoring import Prefix, Side
 
@@ -134,9 +134,12 @@ def evaluate(
             entities or the dataset's own tail candidates (Countries); only tails are ranked then, and every
             triple of ``split`` must have a candidate tail (medkge.recommend picks such triples).
         protocol: "full" ranks against every candidate entity; "sampled" against ``sampled_candidates``
-            entities per query and side, drawn uniformly (from the candidates, where given) with
-            ``sampled_seed``, the same sets at every call (ogbl-wikikg2's protocol, for graphs too large to
-            rank fully); candidates that form known triples are skipped, as in the full protocol.
+            distinct entities per query and side, drawn uniformly without replacement (from the candidates,
+            where given) with ``sampled_seed``, the same sets at every call (ogbl-wikikg2's protocol, for graphs
+            too large to rank fully); candidates that form known triples are skipped, as in the full
+            protocol. So a sampled rank is never above the full one. Where ``sampled_candidates`` would cover
+            every candidate entity, they are all ranked against (the full protocol), with a warning, and
+            ``Metrics.protocol`` says so.
     """
     if ties not in ("realistic", "optimistic", "pessimistic"):
         raise MedkgeError(f"ties must be realistic, optimistic or pessimistic, got {ties!r}")
@@ -145,6 +148,8 @@ def evaluate(
             f"the model has {model.num_entities} entities and {model.num_relations} relations, "
             f"the dataset {dataset.num_entities} and {dataset.num_relations}"
         )
+    if protocol not in ("full", "sampled"):
+        raise MedkgeError(f"protocol must be full or sampled, got {protocol!r}")
     directions = dataset.directions
     if candidates is not None:
         candidates, directions = torch.unique(torch.as_tensor(candidates, dtype=torch.long)), ("tail",)
@@ -165,21 +170,49 @@ def evaluate(
         disable=not progress,
         leave=False,
     )
-    if protocol not in ("full", "sampled"):
-        raise MedkgeError(f"protocol must be full or sampled, got {protocol!r}")
+    covered = []  # sides whose sampled candidates would cover the pool: ranked against all of it
     with torch.no_grad(), bar:
         for side in directions:
             ranked = candidates if side == "tail" else None
+            pool = ranked if ranked is not None else dataset.num_entities
+            draw = None
             if protocol == "sampled":
-                pool = ranked if ranked is not None else dataset.num_entities
-                draw = SampledCandidates(pool, sampled_candidates, sampled_seed * 2 + ("head", "tail").index(side))
+                draw = sampled_candidates_of(pool, sampled_candidates, sampled_seed, side)
+                covered += [] if draw is not None else [pool if isinstance(pool, int) else len(pool)]
+            if draw is not None:
                 ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar)
             else:
                 ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar)
-    described = (
-        "full" if protocol == "full" else f"sampled ({sampled_candidates} candidates per side, seed {sampled_seed})"
-    )
+    everywhere = max(covered) if len(covered) == len(directions) else 0
+    described = describe_protocol(protocol, sampled_candidates, sampled_seed, everywhere)
+    if covered:
+        warnings.warn(
+            f"the sampled protocol's {sampled_candidates:,} candidates per side would cover all "
+            f"{max(covered):,} candidates: {split} ranked against all of them (the full protocol)",
+            MedkgeWarning,
+            stacklevel=2,
+        )
     return _metrics(ranks, prefix.dims, split, ties, described)
+
+
+def sampled_candidates_of(pool: int | Tensor, count: int, seed: int, side: str) -> SampledCandidates | None:
+    """The sampled protocol's candidate sets of one side: ``count`` distinct entities per query from ``pool``
+    (a number of entities, or candidate ids), or None where ``count`` covers the pool: rank against all of
+    it then, which is the same ranking without drawing. Distributed evaluation calls this too."""
+    size = pool if isinstance(pool, int) else len(pool)
+    if count >= size:
+        return None
+    return SampledCandidates(pool, count, seed * 2 + ("head", "tail").index(side))
+
+
+def describe_protocol(protocol: str, count: int, seed: int, covered: int = 0) -> str:
+    """The protocol as Metrics.protocol records it; ``covered``: the entities ranked against instead where
+    the sampled protocol's candidates would cover them (0: none)."""
+    if protocol == "full":
+        return "full"
+    if covered:
+        return f"full (the {count:,} sampled candidates per side would cover all {covered:,} candidates)"
+    return f"sampled ({count} candidates per side, seed {seed})"
 
 
 def _rank(
@@ -378,24 +411,51 @@ class _FilterIndex:
 
 
 class SampledCandidates:
-    """The fixed candidate sets of the sampled protocol: ``count`` entities per query, uniform over ``pool``
-    (a number of entities, or a tensor of candidate ids), drawn per block of _SAMPLE_BLOCK queries from a
-    generator seeded by (seed, block), so a query's set does not depend on how evaluation is blocked."""
+    """The fixed candidate sets of the sampled protocol: ``count`` distinct entities per query, uniform over
+    ``pool`` (a number of entities, or a tensor of candidate ids) and drawn without replacement (duplicates
+    would count one entity several times, pushing ranks past the pool's size), per block of _SAMPLE_BLOCK
+    queries from a generator seeded by (seed, block), so a query's set does not depend on how evaluation is
+    blocked. ``count`` must be below the pool's size (:func:`sampled_candidates_of` decides)."""
 
     def __init__(self, pool: int | Tensor, count: int, seed: int):
+        size = pool if isinstance(pool, int) else len(pool)
+        if not 1 <= count < size:
+            raise MedkgeError(f"the sampled protocol draws 1 to {size - 1} candidates from {size}, not {count}")
         self.pool, self.count, self.seed = pool, count, seed
 
     def for_queries(self, start: int, stop: int) -> Tensor:
-        """Candidate ids ``[stop - start, count]`` of queries start..stop-1."""
+        """Candidate ids ``[stop - start, count]`` of queries start..stop-1, distinct within each row."""
         size = self.pool if isinstance(self.pool, int) else len(self.pool)
         out = []
         for block in range(start // _SAMPLE_BLOCK, (stop - 1) // _SAMPLE_BLOCK + 1):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
-            ids = torch.randint(size, (_SAMPLE_BLOCK, self.count), generator=g)
+            ids = _distinct(size, self.count, g)
             lo, hi = max(start, block * _SAMPLE_BLOCK), min(stop, (block + 1) * _SAMPLE_BLOCK)
             out.append(ids[lo - block * _SAMPLE_BLOCK : hi - block * _SAMPLE_BLOCK])
         ids = torch.cat(out)
         return ids if isinstance(self.pool, int) else self.pool[ids]
+
+
+def _distinct(size: int, count: int, g: torch.Generator) -> Tensor:
+    """``[_SAMPLE_BLOCK, count]`` ids, each row ``count`` distinct draws from ``range(size)`` (count < size)."""
+    if count * 4 >= size:  # a large share of the pool: a random permutation per row, in pieces of ~16M ids
+        rows = max(1, (1 << 24) // size)
+        parts = [
+            torch.rand(min(rows, _SAMPLE_BLOCK - r), size, generator=g).argsort(dim=1)[:, :count]
+            for r in range(0, _SAMPLE_BLOCK, rows)
+        ]
+        return torch.cat(parts)
+    # a small share: draw with replacement, then draw again where a row repeats an id (each draw repeats
+    # with probability below 1/4, so few rounds)
+    ids = torch.randint(size, (_SAMPLE_BLOCK, count), generator=g)
+    while True:
+        ids = ids.sort(dim=1).values
+        repeated = torch.zeros_like(ids, dtype=torch.bool)
+        repeated[:, 1:] = ids[:, 1:] == ids[:, :-1]
+        n = int(repeated.sum())
+        if not n:
+            return ids
+        ids[repeated] = torch.randint(size, (n,), generator=g)
 
 
 _SAMPLE_BLOCK = 256
