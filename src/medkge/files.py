@@ -111,7 +111,7 @@ def make_folder(path: Path | str) -> list[Path]:
         for p in [folder, *folder.parents]:
             if p.is_dir():
                 break
-            if p.exists() or p.is_symlink():
+            if (p.exists() or p.is_symlink()) and not p.is_dir():  # not a folder made by another process meanwhile
                 if p == folder:
                     raise MedkgeError(f"{folder}: exists and is not a folder")
                 raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)")
