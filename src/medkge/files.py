@@ -404,14 +404,14 @@ def read_vocab(path: Path) -> list[str]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line; a failed write (a full disk) is taken back, so no torn line stays."""
-    line = (json.dumps(record) + "\n").encode()
+    """Append one JSON line; a write cut short (a full disk) is taken back, so no torn line stays."""
+    line = memoryview((json.dumps(record) + "\n").encode())
     try:
-        with open(path, "ab") as f:
-            start = f.tell()
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
             try:
-                f.write(line)
-                f.flush()
+                while line:
+                    line = line[f.write(line) :]
             except OSError:
                 with contextlib.suppress(OSError):
                     f.truncate(start)
