@@ -171,6 +171,24 @@ def test_an_out_that_is_a_regular_file_or_under_one_is_one_line(finished, tmp_pa
     assert blocker.read_text() == "mine\n"
 
 
+def test_a_folder_another_process_makes_at_the_same_time_is_no_error(tmp_path, monkeypatch):
+    from medkge.files import make_folder
+
+    shard = tmp_path / "checkpoint.rows" / "step-1"
+    real = Path.is_dir
+    seen = []
+
+    def is_dir(self):  # the other rank makes the folder between this process's two looks at it
+        if self == shard and not seen:
+            seen.append(self)
+            shard.mkdir(parents=True)
+            return False
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert make_folder(shard) == [] and shard.is_dir()
+
+
 def test_any_other_os_error_is_one_line_naming_the_file(finished, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", "somewhere/else")

@@ -112,21 +112,25 @@ def make_folder(path: Path | str) -> list[Path]:
             if p.is_dir():
                 break
             if p.exists() or p.is_symlink():
+                if p.is_dir():  # another process (a rank of the same run) made it just now
+                    break
                 if p == folder:
                     raise MedkgeError(f"{folder}: exists and is not a folder")
                 raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)")
             missing.append(p)
     except OSError as error:
         raise cannot(folder, "create the folder", error) from None
+    made = []
     for p in reversed(missing):
         try:
             p.mkdir()
+            made.append(p)
         except FileExistsError:
             if not p.is_dir():
                 raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)") from None
         except OSError as error:
             raise cannot(folder, "create the folder", error) from None
-    return missing
+    return made[::-1]
 
 
 @contextlib.contextmanager
