@@ -55,9 +55,8 @@ from .files import FORMAT, FORMAT_VERSION, load_tensors, save_tensors, save_tens
 from .model import BlockScorer, CroppableModel
 from .optim import row_optimizer
 from .seeding import init_entity_rows
-from .stores import EntityStore
+from .stores import SHARDS_DIR, SHARDS_MANIFEST, EntityStore, remove_shards
 
-SHARDS_DIR = "model-shards"
 _HEARTBEAT = 1.0
 
 
@@ -248,7 +247,7 @@ class ShardedStore(EntityStore):
     def rows(self) -> Tensor:
         return self.table
 
-    # ---- the kept model: a shard per rank, and rank 0's relation table ---------------------------------
+    # ---- the kept model: a shard per rank, and rank 0's manifest ---------------------------------------
     def keep(self, model: CroppableModel, path: Path) -> None:
         """Each rank writes its rows of the kept model, then rank 0 the relation table and the list of shards
         (written last: it says which shards make the model)."""
@@ -258,31 +257,21 @@ class ShardedStore(EntityStore):
         if rank == 0:
             ranges = [[a, b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
             meta = {"spec": model.spec(), "ranges": ranges}
-            save_tensors(shards / "relation.safetensors", {"relation": model.relation}, meta)
+            save_tensors(shards / SHARDS_MANIFEST, {"relation": model.relation}, meta)
             for old in shards.glob("rank-*.safetensors"):  # shards of a run resumed on fewer ranks
                 if int(old.stem.split("-")[1]) >= self.cluster.world:
                     old.unlink()
+            path.unlink(missing_ok=True)  # a model kept by an earlier part of the run in one process: superseded
         self.cluster.barrier()
 
     def restore(self, model: CroppableModel, path: Path) -> bool:
-        """This rank's rows of the kept model back in place (from the shards, whatever number of ranks wrote them)."""
-        from .training import read_rows
-
-        shards = path.parent / SHARDS_DIR
-        manifest = shards / "relation.safetensors"
-        if not manifest.is_file():
-            return False
-        relation, meta = load_tensors(manifest, "medkge model shard")
-        sources = [(shards / f"rank-{r}.safetensors", "") for r in range(len(meta["ranges"]))]
-        read_rows(sources, meta["ranges"], self.lo, {"entity": self.table})
-        with torch.no_grad():
-            model.relation.copy_(relation["relation"])
+        restored = super().restore(model, path)
         self.cluster.barrier()
-        return True
+        return restored
 
     def finish(self, model: CroppableModel, path: Path) -> None:
         """Rank 0: the model file from the kept shards, streamed shard by shard; then the shards go."""
-        if self.cluster.rank == 0:
+        if self.cluster.rank == 0 and (path.parent / SHARDS_DIR / SHARDS_MANIFEST).is_file():
             _assemble(path, self.shape)
         self.cluster.barrier()
 
@@ -294,7 +283,7 @@ def _assemble(path: Path, shape: tuple[int, int, int]) -> None:
     from safetensors import safe_open
 
     shards = path.parent / SHARDS_DIR
-    relation, meta = load_tensors(shards / "relation.safetensors", "medkge model shard")
+    relation, meta = load_tensors(shards / SHARDS_MANIFEST, "medkge model shard")
 
     def pieces():
         for rank in range(len(meta["ranges"])):
@@ -304,9 +293,7 @@ def _assemble(path: Path, shape: tuple[int, int, int]) -> None:
     tables = [("entity", torch.float32, list(shape), pieces())]
     tables.append(("relation", torch.float32, list(relation["relation"].shape), [relation["relation"]]))
     save_tensors_streamed(path, tables, {"format": FORMAT, "version": FORMAT_VERSION, "spec": meta["spec"]})
-    for f in shards.iterdir():
-        f.unlink()
-    shards.rmdir()
+    remove_shards(path)
 
 
 # ---- sharded evaluation ---------------------------------------------------------------------------
