@@ -41,6 +41,15 @@ def finished(tmp_path_factory) -> Path:
     return out
 
 
+def writer(command: str, finished: Path) -> list[str]:
+    """A command that writes a folder (its --out still to give)."""
+    return {
+        "train": ["train", "--dataset", "nations", "--dims", "4", "--epochs", "1", "--quiet"],
+        "crop": ["crop", str(finished), "--dim", "4"],
+        "export": ["export", str(finished), "--format", "npy"],
+    }[command]
+
+
 def error_line(code: int, err: str, *fragments: str) -> str:
     """The one ``medkge: error:`` line of a failed command, checked: exit 2, no traceback."""
     assert code == 2, err
@@ -145,12 +154,7 @@ def test_writing_into_a_read_only_folder_is_one_line(finished, tmp_path, monkeyp
     parent.mkdir()
     read_only(monkeypatch, parent)
     out = parent / "new"
-    args = {
-        "train": ["train", "--dataset", "nations", "--dims", "4", "--epochs", "1", "--quiet"],
-        "crop": ["crop", str(finished), "--dim", "4"],
-        "export": ["export", str(finished), "--format", "npy"],
-    }[command]
-    code = main([*args, "--out", str(out)])
+    code = main([*writer(command, finished), "--out", str(out)])
     error_line(code, capsys.readouterr().err, str(out), "Permission denied")
     assert not out.exists()
 
@@ -161,15 +165,28 @@ def test_an_out_that_is_a_regular_file_or_under_one_is_one_line(finished, tmp_pa
     blocker = tmp_path / "a-file"
     blocker.write_text("mine\n")
     out = blocker / "run" if under else blocker
-    args = {
-        "train": ["train", "--dataset", "nations", "--dims", "4", "--epochs", "1", "--quiet"],
-        "crop": ["crop", str(finished), "--dim", "4"],
-        "export": ["export", str(finished), "--format", "tsv"],
-    }[command]
-    code = main([*args, "--out", str(out)])
+    code = main([*writer(command, finished), "--out", str(out)])
     line = error_line(code, capsys.readouterr().err, str(out))
     assert "is not a folder" in line
     assert blocker.read_text() == "mine\n"
+
+
+def test_a_folder_another_process_makes_at_the_same_time_is_no_error(tmp_path, monkeypatch):
+    from medkge.files import make_folder
+
+    shard = tmp_path / "checkpoint.rows" / "step-1"
+    real = Path.is_dir
+    seen = []
+
+    def is_dir(self):  # the other rank makes the folder between this process's two looks at it
+        if self == shard and not seen:
+            seen.append(self)
+            shard.mkdir(parents=True)
+            return False
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert make_folder(shard) == [] and shard.is_dir()
 
 
 def test_any_other_os_error_is_one_line_naming_the_file(finished, monkeypatch, capsys):
@@ -178,6 +195,16 @@ def test_any_other_os_error_is_one_line_naming_the_file(finished, monkeypatch, c
 
     monkeypatch.setattr(medkge.run, "read_vocab", fail)
     error_line(main(["info", str(finished)]), capsys.readouterr().err, "somewhere/else: Permission denied")
+
+
+@pytest.mark.usefixtures("restore_permissions")
+def test_a_read_only_data_folder_loads_without_its_cache_with_a_warning(tmp_path, monkeypatch):
+    from medkge.errors import MedkgeWarning
+
+    folder = write_splits(tmp_path / "kg", {"train": b"a\tr\tb\n", "valid": b"a\tr\tb\n", "test": b"b\tr\ta\n"})
+    read_only(monkeypatch, folder)
+    with pytest.warns(MedkgeWarning, match=r"\.medkge-cache: cannot write the dataset cache \(.*Permission denied"):
+        assert load_dataset(folder, cache=True).entities == ["a", "b"]
 
 
 # ---- a full disk --------------------------------------------------------------------------------
@@ -228,10 +255,7 @@ def test_a_full_disk_in_safetensors_writer_is_one_line_and_the_run_can_be_resume
 def test_a_partial_crop_or_export_does_not_block_its_retry(finished, tmp_path, monkeypatch, capsys, command):
     out = tmp_path / "out"
     out.mkdir()  # the user made it: it stays, empty
-    args = {
-        "crop": ["crop", str(finished), "--dim", "4"],
-        "export": ["export", str(finished), "--format", "npy"],
-    }[command]
+    args = writer(command, finished)
     with monkeypatch.context() as m:
         disk_full(m, out, after=1)  # the first file is written, the second fails
         error_line(main([*args, "--out", str(out)]), capsys.readouterr().err, FULL)
@@ -250,13 +274,16 @@ def test_a_torn_last_log_line_is_skipped_and_a_failed_append_leaves_none(tmp_pat
     with pytest.raises(MedkgeError, match=r"metrics\.jsonl:2: not a JSON record"):
         list(read_jsonl(log))
 
-    class Full(io.BufferedWriter):
-        def flush(self):
-            raise OSError(errno.ENOSPC, FULL)
+    class Full(io.FileIO):  # the disk fills up in the middle of the line
+        def write(self, data):
+            if getattr(self, "wrote", False):
+                raise OSError(errno.ENOSPC, FULL)
+            self.wrote = True
+            return super().write(bytes(data)[: len(data) // 2])
 
     log.write_text('{"epoch": 1}\n')
     real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, buffering=0, **k)))
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", **k: Full(p, "a") if mode == "ab" else real_open(p, mode))
     with pytest.raises(MedkgeError, match=f"metrics.jsonl: cannot write \\({FULL}\\)"):
         append_jsonl(log, {"epoch": 2, "padding": "x" * 100})
     monkeypatch.undo()

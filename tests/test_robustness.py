@@ -158,7 +158,7 @@ def test_small_messages(tmp_path, capsys):
 
 def test_a_run_folder_model_file_is_checked_against_its_recorded_checksum(tmp_path):
     run = train_tiny(tmp_path / "run", dims=[4], epochs=1)
-    assert set(run.results()["checksums"]) == {"model.safetensors"}
+    assert set(run.results()["checksums"]) == {"model.safetensors", "entities.tsv", "relations.tsv"}
     path = run.path / "model.safetensors"
     tables = load_file(path)
     tables["entity"][0, 0, 0] += 1.0  # same header and size, other values

@@ -176,7 +176,12 @@ class EvalConfig:
         "protocol of the validations during training: same (eval.protocol), full, or sampled (a cheap early-"
         "stopping signal where full validation costs more than the epochs between; the test keeps eval.protocol)",
     )
-    sampled_candidates: int = _opt(1000, "sampled protocol: corrupted candidates per query and side", min=1)
+    sampled_candidates: int = _opt(
+        1000,
+        "sampled protocol: distinct candidates per query and side, drawn without replacement (as many as there are "
+        "entities or more: every entity is ranked, the full protocol, with a warning)",
+        min=1,
+    )
     sampled_seed: int = _opt(0, "sampled protocol: seed of the candidate sets (the same sets at every validation)")
     memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)
     test: bool = _opt(True, "evaluate the kept model on the test split at the end")

@@ -460,7 +460,6 @@ def _write_cache(folder: Path, files: dict[str, Path], entities, relations, arra
         atomic_write(cache / "relations.txt", "\n".join(relations))
         meta = {"source": _signature(files), "entities": len(entities), "relations": len(relations)}
         atomic_write(cache / "meta.json", json.dumps(meta, indent=1))
-    except OSError as error:
-        warnings.warn(
-            f"{cache}: cannot write the dataset cache ({error.strerror or error})", MedkgeWarning, stacklevel=3
-        )
+    except (OSError, MedkgeError) as error:  # atomic_write's errors are MedkgeErrors naming the file
+        reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        warnings.warn(f"{cache}: cannot write the dataset cache ({reason})", MedkgeWarning, stacklevel=3)

@@ -195,12 +195,7 @@ def evaluate(
     everywhere = max(covered) if len(covered) == len(directions) else 0
     described = describe_protocol(protocol, sampled_candidates, sampled_seed, everywhere)
     if covered:
-        warnings.warn(
-            f"the sampled protocol's {sampled_candidates:,} candidates per side would cover all "
-            f"{max(covered):,} candidates: {split} ranked against all of them (the full protocol)",
-            MedkgeWarning,
-            stacklevel=2,
-        )
+        warn_covered(sampled_candidates, max(covered), split)
     return _metrics(ranks, prefix.dims, split, ties, described)
 
 
@@ -212,6 +207,16 @@ def sampled_candidates_of(pool: int | Tensor, count: int, seed: int, side: str) 
     if count >= size:
         return None
     return SampledCandidates(pool, count, seed * 2 + ("head", "tail").index(side))
+
+
+def warn_covered(count: int, pool: int, split: str) -> None:
+    """The warning where the sampled protocol's ``count`` candidates would cover the ``pool`` ranked against."""
+    warnings.warn(
+        f"the sampled protocol's {count:,} candidates per side would cover all {pool:,} candidates: {split} "
+        "ranked against all of them (the full protocol)",
+        MedkgeWarning,
+        stacklevel=3,
+    )
 
 
 def describe_protocol(protocol: str, count: int, seed: int, covered: int = 0) -> str:

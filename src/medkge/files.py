@@ -111,22 +111,26 @@ def make_folder(path: Path | str) -> list[Path]:
         for p in [folder, *folder.parents]:
             if p.is_dir():
                 break
-            if (p.exists() or p.is_symlink()) and not p.is_dir():  # not a folder made by another process meanwhile
+            if p.exists() or p.is_symlink():
+                if p.is_dir():  # another process (a rank of the same run) made it just now
+                    break
                 if p == folder:
                     raise MedkgeError(f"{folder}: exists and is not a folder")
                 raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)")
             missing.append(p)
     except OSError as error:
         raise cannot(folder, "create the folder", error) from None
+    made = []
     for p in reversed(missing):
         try:
             p.mkdir()
+            made.append(p)
         except FileExistsError:
             if not p.is_dir():
                 raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)") from None
         except OSError as error:
             raise cannot(folder, "create the folder", error) from None
-    return missing
+    return made[::-1]
 
 
 @contextlib.contextmanager
@@ -404,14 +408,14 @@ def read_vocab(path: Path) -> list[str]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line; a failed write (a full disk) is taken back, so no torn line stays."""
-    line = (json.dumps(record) + "\n").encode()
+    """Append one JSON line; a write cut short (a full disk) is taken back, so no torn line stays."""
+    line = memoryview((json.dumps(record) + "\n").encode())
     try:
-        with open(path, "ab") as f:
-            start = f.tell()
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
             try:
-                f.write(line)
-                f.flush()
+                while line:
+                    line = line[f.write(line) :]
             except OSError:
                 with contextlib.suppress(OSError):
                     f.truncate(start)
