@@ -90,8 +90,11 @@ def test_two_ranks_train_the_model_one_process_trains_and_each_holds_half_the_ro
     assert logged == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path):
+@pytest.mark.parametrize("sets", [[], ["train.optimizer=row_adagrad", "train.shared_negatives=16"]])
+def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path, sets):
     options = [*OPTIONS, "--epochs", "5", "--eval-every", "2", "--set", "train.checkpoint_every=1"]
+    for item in sets:
+        options += ["--set", item]
     run(2, "train", *options, "--out", str(tmp_path / "reference"))
     killed = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -11,8 +11,8 @@ which speaks labels (or ids) instead of tensors::
 What a cropped model folder holds: docs/formats.md.
 
 Loading checks a model file's header (tensor names, dtypes, shapes against the recorded spec) before
-anything is allocated from it, and a cropped model file against its checksum; safetensors holds raw
-tensors only, so no code from a file ever runs.
+anything is allocated from it, and a cropped model file and its vocabularies against their checksums;
+safetensors holds raw tensors only, so no code from a file ever runs.
 """
 
 from __future__ import annotations
@@ -27,9 +27,19 @@ import torch
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError, closest
 from .evaluation import unique_triples
-from .files import MODEL_FILE, load_model, read_json, read_vocab, save_model, sha256_file, write_json, write_vocab
+from .files import (
+    LOCK_FILE,
+    MODEL_FILE,
+    load_model,
+    read_json,
+    read_vocab,
+    save_model,
+    sha256_file,
+    write_json,
+    write_vocab,
+)
 from .model import CroppableModel
-from .run import CONFIG_FILE, Run
+from .run import CONFIG_FILE, VOCAB_FILES, Run
 from .scoring import check_dims
 
 INFO_FILE = "model.json"
@@ -361,6 +371,7 @@ class LabelledModel:
         max_drop: float | None = None,
         dims: Sequence[int] | None = None,
         split: str = "valid",
+        progress: bool = False,
     ) -> Selection:
         """The smallest sub-model whose MRR on ``split`` meets the target.
 
@@ -372,7 +383,7 @@ class LabelledModel:
             raise MedkgeError("give exactly one target: min_mrr (--min-mrr) or max_drop (--max-drop)")
         if self.run is None or self.dims != self.run.dims:
             raise MedkgeError("selecting a sub-model needs a run folder (its validation results), not a cropped model")
-        mrr = {d: v["mrr"] for d, v in self._metrics(split, dims).items()}
+        mrr = {d: v["mrr"] for d, v in self._metrics(split, dims, progress).items()}
         if min_mrr is not None:
             if not 0 <= min_mrr <= 1:
                 raise MedkgeError(f"--min-mrr must be between 0 and 1, got {min_mrr}")
@@ -391,13 +402,13 @@ class LabelledModel:
             )
         return Selection(meeting[0], mrr[meeting[0]], target, split, dict(sorted(mrr.items())), rule)
 
-    def _metrics(self, split: str, dims: Sequence[int] | None) -> dict[int, dict[str, float]]:
+    def _metrics(self, split: str, dims: Sequence[int] | None, progress: bool) -> dict[int, dict[str, float]]:
         assert self.run is not None
         if dims is not None:
-            return dict(self.run.evaluate(split, check_dims(dims), progress=False))
+            return dict(self.run.evaluate(split, check_dims(dims), progress=progress))
         recorded = self._recorded_metrics(split)
         if recorded is None:  # not recorded (evaluation was switched off): evaluate all dims now
-            return dict(self.run.evaluate(split, progress=False))
+            return dict(self.run.evaluate(split, progress=progress))
         return recorded
 
     def _recorded_metrics(self, split: str) -> dict[int, dict[str, float]] | None:
@@ -419,8 +430,10 @@ class LabelledModel:
         save_model(folder / MODEL_FILE, model)
         write_vocab(folder / "entities.tsv", self.entities)
         write_vocab(folder / "relations.tsv", self.relations)
-        # last: its presence marks a complete folder; the checksum catches a model file changed since
-        write_json(folder / INFO_FILE, self.info() | {"sha256": sha256_file(folder / MODEL_FILE)})
+        # last: its presence marks a complete folder; the checksums catch a model file or vocabulary changed since
+        vocabularies = {name: sha256_file(folder / name) for name in VOCAB_FILES}
+        checksums = {"sha256": sha256_file(folder / MODEL_FILE), "vocabulary_sha256": vocabularies}
+        write_json(folder / INFO_FILE, self.info() | checksums)
         return folder
 
 
@@ -474,10 +487,12 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     model = load_model(path, device).requires_grad_(False)
     if model.dims != (info.get("dim"),) or model.model_name != info.get("model"):
         raise MedkgeError(f"{folder}: {INFO_FILE} does not describe {MODEL_FILE} (model or dim differ)")
+    vocabularies = info.get("vocabulary_sha256") if isinstance(info.get("vocabulary_sha256"), dict) else {}
+    for name, recorded in [(MODEL_FILE, info.get("sha256")), *vocabularies.items()]:  # older folders: model only
+        if name in (MODEL_FILE, *VOCAB_FILES) and recorded and sha256_file(folder / name) != recorded:
+            raise MedkgeError(f"{folder / name}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     entities = read_vocab(folder / "entities.tsv")
     relations = read_vocab(folder / "relations.tsv")
-    if "sha256" in info and sha256_file(path) != info["sha256"]:
-        raise MedkgeError(f"{path}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
     valid = {model.dim: info["valid"]} if isinstance(info.get("valid"), dict) else None
     trained = [model.dim] if info.get("trained_sub_model") else []
@@ -489,7 +504,7 @@ def prepare_folder(out: str | Path, overwrite: bool) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise MedkgeError(f"{folder}: exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(f.name != LOCK_FILE for f in folder.iterdir()):
         if (folder / CONFIG_FILE).exists():
             raise MedkgeError(f"{folder} holds a run; choose another output folder")
         if not overwrite:

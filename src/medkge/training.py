@@ -34,7 +34,7 @@ from .model import CroppableModel
 from .optim import DEFAULT_LR, choose, dense_optimizer, rows_per_step
 from .run import eval_protocol
 from .sampling import Batch, NegativeSampler
-from .stores import Comm, Local
+from .stores import Comm, Local, read_rows
 
 # (loss, logs) from the scores [B, 1 + K, n] of a batch
 Objective = Callable[[Tensor, "Batch"], tuple[Tensor, dict[str, Tensor]]]
@@ -482,33 +482,6 @@ def _remove_row_files(rows_dir: Path, keep: str | None) -> None:
             old.rmdir()
     if keep is None:
         rows_dir.rmdir()
-
-
-def read_rows(sources: list[tuple[Path, str]], ranges: list[list[int]], lo: int, into: dict[str, Tensor]) -> None:
-    """Fill ``into`` (row-indexed tensors of rows [lo, lo + len) by name, and 0-d counters) from files holding
-    row ranges: source R (a path and the prefix of its tensors' names) holds rows ``ranges[R]``. Read as slices,
-    so rows written by any number of processes load into any other."""
-    from safetensors import safe_open
-
-    rows = [v for v in into.values() if v.ndim]
-    hi = lo + (len(rows[0]) if rows else 0)
-    with torch.no_grad():
-        for index, ((path, prefix), (a, b)) in enumerate(zip(sources, ranges, strict=True)):
-            start, stop = max(a, lo), min(b, hi)
-            if start >= stop and index:
-                continue
-            try:
-                with safe_open(path, framework="pt") as f:
-                    for name, target in into.items():
-                        if not target.ndim:
-                            if not index:  # counters are equal everywhere: read them once
-                                target.copy_(f.get_tensor(prefix + name))
-                            continue
-                        if start < stop:
-                            piece = f.get_slice(prefix + name)[start - a : stop - a]
-                            target[start - lo : stop - lo] = piece.view_as(target[start - lo : stop - lo])
-            except (OSError, KeyError, ValueError) as error:
-                raise MedkgeError(f"{path}: checkpoint rows missing or damaged ({error})") from None
 
 
 def optimizer_tensors(state_dict: dict[str, Any]) -> dict[str, Tensor]:
