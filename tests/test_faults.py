@@ -401,7 +401,7 @@ def test_a_yaml_alias_bomb_is_refused_at_its_first_alias(tmp_path, capsys):
         ["--set", "model.name=" + "x" * 100_000],
         ["--set", "train." + "y" * 100_000 + "=1"],
         ["--dims", "1," + "z" * 100_000],
-        ["--set", "model.dims=[" + "5, " * 100_000 + "4]"],
+        ["--set", "model.dims=[" + "5, " * 5_000 + "4]"],
     ],
 )
 def test_a_huge_value_is_echoed_in_an_error_only_in_part(tmp_path, capsys, args):
