@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -122,6 +123,7 @@ def evaluate(
     protocol: Literal["full", "sampled"] = "full",
     sampled_candidates: int = 1000,
     sampled_seed: int = 0,
+    shard: Shard | None = None,
 ) -> Metrics:
     """Filtered link prediction on ``split`` for every sub-model (or for ``dims``, any d <= d_n).
 
@@ -140,12 +142,18 @@ def evaluate(
             protocol. So a sampled rank is never above the full one. Where ``sampled_candidates`` would cover
             every candidate entity, they are all ranked against (the full protocol), with a warning, and
             ``Metrics.protocol`` says so.
+        shard: ``model`` holds rows [shard.lo, shard.hi) of a table split across processes (distributed
+            training): every process ranks every query against its own rows and the counts are summed; every
+            process calls this, and gets the same metrics.
     """
     if ties not in ("realistic", "optimistic", "pessimistic"):
         raise MedkgeError(f"ties must be realistic, optimistic or pessimistic, got {ties!r}")
-    if model.num_entities != dataset.num_entities or model.num_relations != dataset.num_relations:
+    num_entities = model.num_entities if shard is None else shard.num_entities
+    if shard is not None and (candidates is not None or dataset.tail_candidates is not None):
+        raise MedkgeError("evaluation across processes ranks against all entities: not a candidate set")
+    if num_entities != dataset.num_entities or model.num_relations != dataset.num_relations:
         raise MedkgeError(
-            f"the model has {model.num_entities} entities and {model.num_relations} relations, "
+            f"the model has {num_entities} entities and {model.num_relations} relations, "
             f"the dataset {dataset.num_entities} and {dataset.num_relations}"
         )
     if protocol not in ("full", "sampled"):
@@ -170,6 +178,7 @@ def evaluate(
         disable=not progress,
         leave=False,
     )
+    shard = shard or Shard(0, model.num_entities, model.num_entities)
     covered = []  # sides whose sampled candidates would cover the pool: ranked against all of it
     with torch.no_grad(), bar:
         for side in directions:
@@ -180,9 +189,9 @@ def evaluate(
                 draw = sampled_candidates_of(pool, sampled_candidates, sampled_seed, side)
                 covered += [] if draw is not None else [pool if isinstance(pool, int) else len(pool)]
             if draw is not None:
-                ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar)
+                ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar, shard)
             else:
-                ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar)
+                ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar, shard)
     everywhere = max(covered) if len(covered) == len(directions) else 0
     described = describe_protocol(protocol, sampled_candidates, sampled_seed, everywhere)
     if covered:
@@ -229,15 +238,17 @@ def _rank(
     ties: Ties,
     filtered: bool,
     bar: tqdm,
+    shard: Shard,
 ) -> Tensor:
     """Ranks ``[N, n]`` of the true ``side`` entity of each triple, for every sub-model."""
     device = triples.device
-    num_entities = scorer.num_entities
+    num_entities = shard.num_entities
     anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
-    # position of each entity among the candidates (-1: not a candidate)
+    # position of each entity among the candidates scored here (-1: not a candidate, or another process's row)
     if candidates is None:
-        position = torch.arange(num_entities, device=device)
-        num_candidates = num_entities
+        position = torch.arange(num_entities, device=device) - shard.lo
+        position[(position < 0) | (position >= shard.hi - shard.lo)] = -1
+        num_candidates = shard.hi - shard.lo
     else:
         candidates = candidates.to(device)
         position = torch.full((num_entities,), -1, dtype=torch.long, device=device)
@@ -246,14 +257,14 @@ def _rank(
         if (position[triples[:, true_col]] < 0).any():
             raise MedkgeError(f"an evaluation triple's {side} is not among the {side} candidates")
     index = _FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
-    q_step, _ = scorer.block_shape(len(triples), num_candidates)
+    # the same blocks of queries in every process (each block is a collective across processes)
+    q_step, _ = scorer.block_shape(len(triples), num_entities if candidates is None else num_candidates)
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     for q0 in range(0, len(triples), q_step):
         chunk = triples[q0 : q0 + q_step]
         anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
-        query, r_rows = scorer.queries(side, anchor, rel)
         # rank on the sums before the final monotone step (gamma - s, ...): same order, one pass less
-        true_scores = scorer.pairs(side, query, r_rows, true, finish=False)
+        query, r_rows, true_scores = _queries(scorer, side, anchor, rel, true, shard)
         if torch.isnan(true_scores).any():
             warnings.warn("NaN scores in evaluation: NaN is ranked last", stacklevel=3)
         # Filtered (query, candidate) pairs of this chunk, sorted by candidate. The true entity is always
@@ -278,10 +289,36 @@ def _rank(
             num_candidates,
             candidates,
             ties != "realistic",
+            reduce=shard.all_sum,
         )
         out[q0 : q0 + len(chunk)] = ranks_from_counts(among, balance, equal, ties, scorer.interaction.sum_sign)
         bar.update(len(chunk))
     return out.cpu()
+
+
+@dataclass
+class Shard:
+    """The rows [lo, hi) of a table of ``num_entities`` that the model being evaluated holds: all of them, or
+    this process's share of a table split across processes, whose other rows ``rows`` fetches (a collective)
+    and whose counts ``all_sum`` adds up."""
+
+    lo: int
+    hi: int
+    num_entities: int
+    rows: Callable[[Tensor], Tensor] | None = None
+    all_sum: Callable[..., tuple] = field(default=lambda *tensors: tensors)
+
+
+def _queries(
+    scorer: BlockScorer, side: Side, anchor: Tensor, rel: Tensor, true: Tensor, shard: Shard
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(query rows, relation rows, the true entity's sums ``[Q, n]``) of a block of queries."""
+    if shard.rows is None:
+        query, r_rows = scorer.queries(side, anchor, rel)
+        return query, r_rows, scorer.pairs(side, query, r_rows, true, finish=False)
+    rows = scorer.prepare(shard.rows(torch.cat([anchor, true])).to(anchor.device))
+    query, r_rows = scorer.queries(side, anchor, rel, anchor_rows=rows[: len(anchor)])
+    return query, r_rows, scorer.pairs(side, query, r_rows, true, finish=False, candidate_rows=rows[len(anchor) :])
 
 
 def ranks_from_counts(among: Tensor, balance: Tensor, equal: Tensor | None, ties: Ties, sign: int) -> Tensor:
@@ -475,11 +512,12 @@ def _rank_sampled(
     ties: Ties,
     filtered: bool,
     bar: tqdm,
+    shard: Shard,
 ) -> Tensor:
     """Ranks ``[N, n]`` of the true ``side`` entity of each triple among its own sampled candidates."""
     device = triples.device
     anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
-    num_entities, num_relations = scorer.num_entities, scorer.relation.shape[0]
+    num_entities, num_relations = shard.num_entities, scorer.relation.shape[0]
     if num_entities * num_entities * num_relations >= 2**63:
         raise MedkgeError("the sampled protocol packs (anchor, relation, candidate) in 63 bits: too many entities")
     # known (anchor, relation, answer) as one sorted key each, to skip candidates that form known triples
@@ -489,24 +527,33 @@ def _rank_sampled(
     q_step = max(1, min(len(triples), budget // (4 * draw.count * (width + 2 * len(scorer.prefix.dims)))))
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     sign = scorer.interaction.sum_sign
+    # NaN scores rank last: in the sums' orientation, -inf for bilinear models and +inf for distances
+    worst = -math.inf * sign
     for q0 in range(0, len(triples), q_step):
         chunk = triples[q0 : q0 + q_step]
         anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
         cands = draw.for_queries(q0, q0 + len(chunk)).to(device)  # [Q, C]
-        query, r_rows = scorer.queries(side, anchor, rel)
-        true_scores = scorer.pairs(side, query, r_rows, true, finish=False).unsqueeze(1)  # [Q, 1, n]
-        scores = scorer.per_query(side, query, r_rows, cands, finish=False)  # [Q, C, n]
+        query, r_rows, true_scores = _queries(scorer, side, anchor, rel, true, shard)
+        true_scores = true_scores.unsqueeze(1)  # [Q, 1, n]
         if filtered:
             keys = ((anchor * num_relations + rel) * num_entities).unsqueeze(1) + cands
             position = torch.searchsorted(known_keys, keys).clamp_max(len(known_keys) - 1)
             valid = known_keys[position] != keys
         else:
             valid = cands != true.unsqueeze(1)
-        # NaN scores rank last: in the sums' orientation, -inf for bilinear models and +inf for distances
-        worst = -math.inf * sign
+        if shard.rows is None:
+            scores = scorer.per_query(side, query, r_rows, cands, finish=False)  # [Q, C, n]
+        else:  # only the candidates among this process's rows; the others' counts are summed below
+            mine = (cands >= shard.lo) & (cands < shard.hi)
+            valid &= mine
+            q_idx, c_idx = mine.nonzero(as_tuple=True)
+            scores = true_scores.new_full((*cands.shape, true_scores.shape[2]), worst)
+            local = cands[q_idx, c_idx] - shard.lo
+            scores[q_idx, c_idx] = scorer.pairs(side, query[q_idx], r_rows[q_idx], local, finish=False)
         scores, true_scores = scores.nan_to_num(nan=worst), true_scores.nan_to_num(nan=worst)
         higher = ((scores * sign > true_scores * sign) & valid.unsqueeze(2)).sum(1).double()
         equal = ((scores == true_scores) & valid.unsqueeze(2)).sum(1).double()
+        higher, equal = shard.all_sum(higher, equal)
         if ties == "realistic":
             rank = 1 + higher + equal / 2
         elif ties == "optimistic":
