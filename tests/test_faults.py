@@ -423,6 +423,9 @@ def test_absurd_dims_are_refused_from_their_arithmetic(tmp_path, capsys):
     code = main(["train", "--dataset", "nations", "--dims", f"8,{MAX_WIDTH + 1}", "--out", str(tmp_path / "run")])
     error_line(code, capsys.readouterr().err, "model.dims: a dim of 65,537; at most 65,536")
     assert main(["config"]) == 0 and "at most 4,096 of them and the widest at most 65,536" in capsys.readouterr().out
+    with pytest.raises(MedkgeError, match="99,999,999 sub-models; at most 4,096"):  # the Python API's range too
+        medkge.train(dataset="nations", dims=range(1, 10**8), out=tmp_path / "api")
+    assert not (tmp_path / "api").exists()
 
 
 # ---- machine limits -----------------------------------------------------------------------------

@@ -363,8 +363,8 @@ def make_config(config: Config | str | Path | dict | None = None, **options: Any
     for key, value in options.items():
         if value is None:
             continue
-        if isinstance(value, range):
-            value = list(value)
+        if isinstance(value, range):  # as 'start:stop:step', checked from its arithmetic before any list is built
+            value = f"{value.start}:{value.stop - 1}:{value.step}" if value.step > 0 and len(value) else list(value)
         overrides[ALIASES.get(key, key)] = value
     return cfg.with_overrides(overrides) if overrides else cfg
 
