@@ -56,7 +56,7 @@ def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 
 # Every entity optimiser and every loss and sampling option, on two ranks and in one plain process
 PARITY = [
-    ("rotate", "adam", []),
+    ("rotate", "adam", ["loss.subsampling=true", "train.lr_schedule=step", "model.gamma_scaling=sqrt"]),
     ("transe", "sparse_adam", ["loss.regularizer=n3", "loss.reg_weight=0.01", "train.corruption=bernoulli"]),
     ("rotate", "row_adagrad", ["train.shared_negatives=16"]),
     ("distmult", "adam", ["train.filter_negatives=true", "loss.regularizer=l2", "loss.reg_weight=0.001"]),

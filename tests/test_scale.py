@@ -84,6 +84,39 @@ def test_auto_keeps_dense_adam_on_small_graphs():
     assert choose("row_adagrad", 10, 100, adam_fits=True) == "row_adagrad"
 
 
+def test_an_unset_learning_rate_is_the_optimisers_own_and_auto_says_when_it_leaves_adam(tmp_path, capsys):
+    from medkge import memory
+    from medkge.cli import main
+    from medkge.optim import DEFAULT_LR
+
+    made = random_dataset(3000, 3, (600, 20, 20))
+    folder = tmp_path / "graph"
+    folder.mkdir()
+    for name in ("train", "valid", "test"):
+        lines = "".join(f"e{h}\tr{r}\te{t}\n" for h, r, t in made.split(name).tolist())
+        (folder / f"{name}.txt").write_text(lines)
+    ds = medkge.load_dataset(folder)
+    cfg = medkge.Config().with_overrides({"model.dims": [8], "train.batch_size": 8, "train.negatives": 4})
+    assert memory.plan(cfg, ds, torch.device("cpu")).optimizer == "sparse_adam"  # ~2,900 rows, 48 touched a step
+    tight = sum(memory.estimate(cfg, ds, "row_adagrad").values()) + 1
+    cfg = cfg.with_overrides({"train.memory_budget": tight})
+    assert memory.plan(cfg, ds, torch.device("cpu")).optimizer == "row_adagrad"  # Adam's moments do not fit
+    args = ["train", "--dataset", str(folder), "--dims", "8", "--epochs", "1", "--batch-size", "8", "--negatives", "4"]
+    args += ["--set", f"train.memory_budget={tight}", "--set", "eval.every=0", "--set", "eval.test=false"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err
+    assert f"optimizer row_adagrad (train.optimizer auto), learning rate {DEFAULT_LR['row_adagrad']:g}" in err
+    results = medkge.Run.open(tmp_path / "default").results()
+    assert results["optimizer"] == "row_adagrad" and results["lr"] == DEFAULT_LR["row_adagrad"]
+    assert main([*args, "--lr", "0.005", "--out", str(tmp_path / "given")]) == 0  # a rate set for Adam: said
+    assert (
+        "medkge: warning: train.optimizer auto chose row_adagrad (Adam's moments would make" in capsys.readouterr().err
+    )
+    for optimizer in ("adam", "sparse_adam"):  # a named optimiser is never replaced
+        named = cfg.with_overrides({"train.optimizer": optimizer, "train.memory_budget": None})
+        assert memory.plan(named, ds, torch.device("cpu")).optimizer == optimizer
+
+
 def test_sparse_adam_trains_the_model_dense_adam_trains_when_every_step_touches_every_row(tmp_path):
     """Nations has 14 entities: each batch reads all of them, so lazy and dense Adam make the same updates."""
     options = {"dims": [4, 8], "epochs": 2, "eval_every": 0, "train.threads": 1}

@@ -41,8 +41,10 @@ class ModelConfig:
         "'start:stop:step' or '10,40,160,640'",
     )
     gamma: float = _opt(6.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
-    gamma_scaling: Literal["linear", "none"] = _opt(
-        "linear", "sub-model i's margin: gamma * d_i / d_n (linear) or gamma for every sub-model (none)"
+    gamma_scaling: Literal["linear", "sqrt", "none"] = _opt(
+        "linear",
+        "sub-model i's margin: gamma * d_i / d_n (linear), gamma * sqrt(d_i / d_n) (sqrt) or gamma for every "
+        "sub-model (none); a DT model of dim d gets the margin MED's d-dim sub-model has",
     )
     p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
@@ -67,6 +69,11 @@ class LossConfig:
     alpha: float = _opt(1.0, "adversarial temperature of self_adversarial (0 = uniform negatives)", min=0.0)
     margin: float = _opt(1.0, "margin of the margin-ranking loss", min=0.0)
     regularizer: Literal["none", "l2", "n3"] = _opt("none", "penalty on the batch's embeddings (for bilinear models)")
+    subsampling: bool = _opt(
+        False,
+        "weight each positive and its negatives by 1 / sqrt(count(h, r) + count(t, r^-1)) in the training triples "
+        "(RotatE's subsampling weights, counts starting at 4 as in its code): frequent patterns count less",
+    )
     reg_weight: float = _opt(0.0, "weight of the regularizer", min=0.0)
 
 
@@ -142,7 +149,10 @@ class TrainConfig:
         "docs/optimizers.md). A run folder records the rate it used",
         gt=0.0,
     )
-    lr_schedule: Literal["linear", "constant"] = _opt("linear", "decay the learning rate linearly to 0 over the run")
+    lr_schedule: Literal["linear", "step", "constant"] = _opt(
+        "linear",
+        "decay the learning rate linearly to 0 over the run, divide it by 10 half way (step: RotatE's), or not",
+    )
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")
     checkpoint_every: int = _opt(1, "epochs between checkpoints (0: only at the end)", min=0)
@@ -264,6 +274,10 @@ class Config:
             raise MedkgeError("config: train.filter_negatives cannot filter shared negatives (train.shared_negatives)")
         if self.method == "dualde" and self.train.optimizer in ("sparse_adam", "row_adagrad"):
             raise MedkgeError("config: dualde trains its teacher in stage 2 densely: use train.optimizer adam or auto")
+        if self.loss.subsampling and self.method == "dualde":
+            raise MedkgeError("config: loss.subsampling is not part of dualde's loss (med, dt and bkd have it)")
+        if self.loss.subsampling and self.method == "med" and self.med.evolutionary:
+            raise MedkgeError("config: loss.subsampling with med.evolutionary: EI weights the positives itself")
         if self.method == "dualde" and self.loss.kind == "margin":
             raise MedkgeError("config: method dualde mixes logistic hard and soft terms: loss.kind cannot be margin")
 

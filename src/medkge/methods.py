@@ -116,7 +116,7 @@ def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm:
     def objective(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             target = score_batch(teacher, batch)
-        return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight), {}
+        return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight, batch.weights), {}
 
     return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, objective, progress), teacher_info)
 
@@ -257,7 +257,7 @@ def open_teacher_run(cfg: Config, dataset: Dataset) -> tuple[Run, dict[str, Any]
 
 def _base_objective(cfg: Config) -> Objective:
     """The base loss of each model on its own (DT's objective, and a teacher's)."""
-    return lambda scores, batch: (independent_loss(scores, cfg.loss), {})
+    return lambda scores, batch: (independent_loss(scores, cfg.loss, batch.weights), {})
 
 
 def _one_stage(
@@ -363,8 +363,8 @@ def make_config(config: Config | str | Path | dict | None = None, **options: Any
     for key, value in options.items():
         if value is None:
             continue
-        if isinstance(value, range):
-            value = list(value)
+        if isinstance(value, range):  # as 'start:stop:step', checked from its arithmetic before any list is built
+            value = f"{value.start}:{value.stop - 1}:{value.step}" if value.step > 0 and len(value) else list(value)
         overrides[ALIASES.get(key, key)] = value
     return cfg.with_overrides(overrides) if overrides else cfg
 
@@ -477,6 +477,11 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
         raise MedkgeError(
             f"training across processes trains MED's one croppable model: method {cfg.method} trains one model "
             "per dim, in one process (run it without torchrun)"
+        )
+    if world > 1 and cfg.med.evolutionary and cfg.med.ei_positives != "uniform":
+        raise MedkgeError(
+            "training across processes: med.evolutionary's positive weights are a softmax over the whole batch, "
+            "which no process holds (train in one process, or set med.ei_positives=uniform)"
         )
     if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
         open_teacher_run(cfg, dataset)

@@ -205,7 +205,7 @@ class Trainer:
         )
         lr = self.lr
         for index in inner:
-            lr = self.lr * (1 - self.state.step / total_steps) if tc.lr_schedule == "linear" else self.lr
+            lr = self.lr * schedule(tc.lr_schedule, self.state.step, total_steps)
             loss, logs = self.step(self.train_triples[index], lr)
             for key, value in {"loss": loss, **logs}.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()
@@ -464,6 +464,16 @@ class Trainer:
             for p, state in self.optimizer.state.items():  # fused Adam keeps its step counts on the device
                 if "step" in state:
                     state["step"] = state["step"].to(p.device, torch.float32)
+
+
+def schedule(kind: str, step: int, total_steps: int) -> float:
+    """The learning rate's factor at ``step`` of ``total_steps``: linear decay to 0, /10 from half way (RotatE's
+    step decay), or constant."""
+    if kind == "linear":
+        return 1 - step / total_steps
+    if kind == "step":
+        return 0.1 if step >= total_steps // 2 else 1.0
+    return 1.0
 
 
 def checkpoint_rows_dir(checkpoint_path: Path) -> Path:
