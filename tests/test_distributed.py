@@ -248,6 +248,14 @@ def test_a_method_that_trains_one_model_per_dim_is_refused_under_torchrun_at_onc
     )
     assert done.returncode != 0 and "method dt trains one model per dim, in one process" in done.stderr
     assert not (tmp_path / "run").exists()
+    for options, message in [
+        (["--dataset", "countries_s1"], "countries_s1 ranks tails among its own candidate set"),
+        (["--set", "med.evolutionary=true"], "med.evolutionary's positive weights are a softmax over the whole batch"),
+    ]:
+        command = torchrun(2, "train", *OPTIONS, *options, "--epochs", "1", "--out", str(tmp_path / "other"))
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and message in done.stderr
+        assert not (tmp_path / "other").exists()
 
 
 def test_closing_the_cluster_stops_its_heartbeat_before_the_process_group_goes(monkeypatch):

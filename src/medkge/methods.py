@@ -478,6 +478,11 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
             f"training across processes trains MED's one croppable model: method {cfg.method} trains one model "
             "per dim, in one process (run it without torchrun)"
         )
+    if world > 1 and dataset.tail_candidates is not None:
+        raise MedkgeError(
+            f"training across processes ranks against all entities: {dataset.name} ranks tails among its own "
+            "candidate set (train it in one process)"
+        )
     if world > 1 and cfg.med.evolutionary and cfg.med.ei_positives != "uniform":
         raise MedkgeError(
             "training across processes: med.evolutionary's positive weights are a softmax over the whole batch, "
