@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone: make a virtual environment, install medkge with the test extra (pinned
 # versions: the tests and `medkge serve` then work in it too), and train MED (RotatE, sub-models 10 to 160
-# dims) on the bundled Kinships graph, ending with the per-dim test table. About 2.5 minutes of training on
-# one CPU thread, after the install (docs/getting-started.md).
+# dims) on the bundled Kinships graph, ending with the per-dim test table. 2.5 to 9 minutes of training on one
+# CPU thread, depending on the machine's other work, after the install (docs/getting-started.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 -m venv .venv

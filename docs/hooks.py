@@ -120,8 +120,8 @@ def _value_text(value: Any) -> str:
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a markdown table cell (and not read as HTML)."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 
 # ---- command line -----------------------------------------------------------------------------------

@@ -362,6 +362,10 @@ def test_model_json_must_describe_the_model_file(tmp_path):
         medkge.load(folder)
     (folder / "model.json").write_text(json.dumps(info))
     (folder / "entities.tsv").write_text("0\te0\n")
+    with pytest.raises(MedkgeError, match=r"entities\.tsv: does not match the checksum in model\.json"):
+        medkge.load(folder)
+    # a folder written before the vocabularies had checksums: their size is still checked
+    (folder / "model.json").write_text(json.dumps({k: v for k, v in info.items() if k != "vocabulary_sha256"}))
     with pytest.raises(MedkgeError, match="the vocabularies 1 and 4"):
         medkge.load(folder)
     with pytest.raises(MedkgeError, match="not a medkge run folder nor a cropped model folder"):

@@ -56,7 +56,7 @@ def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 
 # Every entity optimiser and every loss and sampling option, on two ranks and in one plain process
 PARITY = [
-    ("rotate", "adam", []),
+    ("rotate", "adam", ["loss.subsampling=true", "train.lr_schedule=step", "model.gamma_scaling=sqrt"]),
     ("transe", "sparse_adam", ["loss.regularizer=n3", "loss.reg_weight=0.01", "train.corruption=bernoulli"]),
     ("rotate", "row_adagrad", ["train.shared_negatives=16"]),
     ("distmult", "adam", ["train.filter_negatives=true", "loss.regularizer=l2", "loss.reg_weight=0.001"]),
@@ -90,8 +90,11 @@ def test_two_ranks_train_the_model_one_process_trains_and_each_holds_half_the_ro
     assert logged == pytest.approx(expected, rel=1e-5)
 
 
-def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path):
+@pytest.mark.parametrize("sets", [[], ["train.optimizer=row_adagrad", "train.shared_negatives=16"]])
+def test_a_two_rank_run_killed_with_sigkill_resumes_to_where_an_uninterrupted_one_ends(tmp_path, sets):
     options = [*OPTIONS, "--epochs", "5", "--eval-every", "2", "--set", "train.checkpoint_every=1"]
+    for item in sets:
+        options += ["--set", item]
     run(2, "train", *options, "--out", str(tmp_path / "reference"))
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -245,6 +248,14 @@ def test_a_method_that_trains_one_model_per_dim_is_refused_under_torchrun_at_onc
     )
     assert done.returncode != 0 and "method dt trains one model per dim, in one process" in done.stderr
     assert not (tmp_path / "run").exists()
+    for options, message in [
+        (["--dataset", "countries_s1"], "countries_s1 ranks tails among its own candidate set"),
+        (["--set", "med.evolutionary=true"], "med.evolutionary's positive weights are a softmax over the whole batch"),
+    ]:
+        command = torchrun(2, "train", *OPTIONS, *options, "--epochs", "1", "--out", str(tmp_path / "other"))
+        done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and message in done.stderr
+        assert not (tmp_path / "other").exists()
 
 
 def test_closing_the_cluster_stops_its_heartbeat_before_the_process_group_goes(monkeypatch):

@@ -306,3 +306,73 @@ def test_objectives_outside_the_fused_case_use_the_reference_path():
     assert not MEDObjective([2, 4], LossConfig(kind="margin"), MedConfig()).fusable
     assert MEDObjective([2, 4], LossConfig(), MedConfig(evolutionary=True)).fusable
     assert not MEDObjective([2, 4], LossConfig(), MedConfig(weights="learn")).fusable
+
+
+# ---- the reference recipe's levers (issue 33) -------------------------------------------------------
+
+
+def loop_weighted_base(s: list[list[float]], alpha: float, w: list[float]) -> float:
+    """L_base with RotatE's subsampling: each positive and its negatives weighted by w_b / sum(w)."""
+    total = sum(w)
+    out = 0.0
+    for row, wb in zip(s, w, strict=True):
+        p = softmax([alpha * x for x in row[1:]])
+        out -= wb / total * (log_sigmoid(row[0]) + sum(pk * log_sigmoid(-x) for pk, x in zip(p, row[1:], strict=True)))
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_subsampling_weights_each_positive_with_its_negatives_as_rotate_does(fused):
+    dims = [2, 5, 8]
+    scores = random_scores(B=6, K=4, n=len(dims), seed=7)
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    weights = w * (6 / w.sum())  # Batch.weights: mean 1 over the batch
+
+    class Batch:
+        pass
+
+    batch = Batch()
+    batch.weights = weights
+    med = MedConfig(mutual_learning=False, dynamic_weights=False)
+    objective = MEDObjective(dims, LossConfig(alpha=0.5), med, fused=fused).double()
+    loss, _ = objective(scores, batch)
+    s = [[[float(scores[b, k, i].detach()) for k in range(5)] for b in range(6)] for i in range(len(dims))]
+    expected = sum(loop_weighted_base(s[i], 0.5, w.tolist()) for i in range(len(dims)))
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-12)
+    from medkge.losses import independent_loss
+
+    independent = independent_loss(scores, LossConfig(alpha=0.5), weights).detach()
+    assert float(independent) == pytest.approx(expected, rel=1e-12)
+    # the fused gradient is autograd's with weights too
+    reference = MEDObjective(dims, LossConfig(alpha=0.5), med, fused=False).double()
+    grads = [torch.autograd.grad(o(scores, batch)[0], scores)[0] for o in (objective, reference)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-15)
+
+
+def test_the_subsampling_weights_are_rotates_and_follow_the_rows_of_the_scores():
+    from medkge.sampling import NegativeSampler
+
+    train = torch.tensor([[0, 0, 1], [0, 0, 2], [0, 0, 3], [4, 1, 0], [2, 1, 0], [3, 0, 1]])
+    sampler = NegativeSampler(train, 5, 2, negatives=3, subsampling=True)
+    raw = sampler.weights(train).double()
+    # count(h, r) and count(t, r^-1) start at 4 (3 + occurrences): (0, 0) occurs 3 times, (1, 0^-1) twice, ...
+    counts = [(3 + 3) + (3 + 2), (3 + 3) + (3 + 1), (3 + 3) + (3 + 1), (3 + 1) + (3 + 2), (3 + 1) + (3 + 2)]
+    counts.append((3 + 1) + (3 + 2))
+    expected = torch.tensor([c**-0.5 for c in counts], dtype=torch.float64)
+    torch.testing.assert_close(raw, expected * (6 / expected.sum()), rtol=1e-6, atol=0)
+    batch = sampler.batch(train, step=0)
+    corrupt_head = sampler.sides(train, 0)
+    torch.testing.assert_close(batch.weights, torch.cat([raw[~corrupt_head], raw[corrupt_head]]).float())
+    assert NegativeSampler(train, 5, 2, negatives=3).batch(train, step=0).weights is None
+
+
+def test_rotates_step_decay_and_the_square_root_margin():
+    from medkge.model import CroppableModel
+    from medkge.training import schedule
+
+    assert [schedule("step", s, 10) for s in (0, 4, 5, 9)] == [1.0, 1.0, 0.1, 0.1]
+    assert schedule("linear", 5, 10) == 0.5 and schedule("constant", 9, 10) == 1.0
+    model = CroppableModel("rotate", 3, 2, [4, 16, 64], gamma=8.0, gamma_scaling="sqrt")
+    torch.testing.assert_close(model.margins(), torch.tensor([2.0, 4.0, 8.0]))
+    assert float(model.crop(16).margins()) == pytest.approx(4.0)  # a crop keeps its sub-model's margin

@@ -4,6 +4,7 @@ checkpoints, nonsense values, and the small messages (issue 15). Each test fails
 from __future__ import annotations
 
 import gzip
+import json
 import warnings
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 import medkge
 from medkge import MedkgeError, load_dataset
 from medkge.cli import main
+from medkge.datasets import warn_unseen
 from medkge.errors import MedkgeWarning
 from medkge.files import read_jsonl, write_vocab
 
@@ -72,7 +74,7 @@ def test_unseen_relations_are_counted_in_a_warning_and_dropped_on_request(tmp_pa
     assert ds.unseen() == {"entities": 1, "relations": 1, "triples": {"valid": 0, "test": 2}}
     dropped = load_dataset(folder, drop_unseen=True)
     assert len(dropped.test) == 1 and dropped.relations == ds.relations
-    with pytest.warns(MedkgeWarning, match=r"1 entities and 1 relations occur only in valid/test \(2 test triples\)"):
+    with pytest.warns(MedkgeWarning, match=r"1 entity and 1 relation occur only in valid/test \(2 test triples\)"):
         train_tiny(tmp_path / "kept", dataset=str(folder), dims=[4], epochs=1, batch_size=2)
     options = ["--dims", "4", "--epochs", "1", "--drop-unseen", "--quiet"]
     code = main(["train", "--dataset", str(folder), *options, "--out", str(tmp_path / "dropped")])
@@ -156,7 +158,7 @@ def test_small_messages(tmp_path, capsys):
 
 def test_a_run_folder_model_file_is_checked_against_its_recorded_checksum(tmp_path):
     run = train_tiny(tmp_path / "run", dims=[4], epochs=1)
-    assert set(run.results()["checksums"]) == {"model.safetensors"}
+    assert set(run.results()["checksums"]) == {"model.safetensors", "entities.tsv", "relations.tsv"}
     path = run.path / "model.safetensors"
     tables = load_file(path)
     tables["entity"][0, 0, 0] += 1.0  # same header and size, other values
@@ -170,3 +172,35 @@ def test_a_run_folder_model_file_is_checked_against_its_recorded_checksum(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         medkge.load_dataset("nations")  # loading alone warns about nothing
+
+
+# ---- the first hour of a new user (issue 32) ----------------------------------------------------
+
+
+def test_a_warning_counts_only_what_is_unseen_in_good_english(tmp_path):
+    splits = graph()
+    splits["test"] += b"a\tonly_in_test\tc\n"  # one unseen relation, no unseen entity
+    ds = load_dataset(write_splits(tmp_path / "kg", splits))
+    with pytest.warns(MedkgeWarning) as caught:
+        warn_unseen(ds)
+    message = str(caught[0].message)
+    assert "kg: 1 relation occurs only in valid/test (1 test triple); they are kept" in message
+    assert "0 entities" not in message
+
+
+def test_select_takes_quiet_as_the_other_commands_do(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", dims=[2, 4], epochs=1)
+    assert main(["select", str(run.path), "--min-mrr", "0", "--dims", "2,3,4", "--quiet", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["dim"] == 2 and "evaluate" not in err  # no progress bar
+
+
+def test_the_hint_for_tails_outside_the_candidates_does_not_suggest_the_relation_given(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", dims=[4], epochs=1)
+    items = tmp_path / "items.txt"
+    items.write_text("usa\n")
+    code = main(["evaluate", str(run.path), "--candidates", str(items), "--relation", "accusation", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "have a tail that is not a candidate" in err
+    assert "--relation R" not in err and "add those tails to the candidates" in err
+    assert "(--candidates tails:accusation)" in err

@@ -84,6 +84,39 @@ def test_auto_keeps_dense_adam_on_small_graphs():
     assert choose("row_adagrad", 10, 100, adam_fits=True) == "row_adagrad"
 
 
+def test_an_unset_learning_rate_is_the_optimisers_own_and_auto_says_when_it_leaves_adam(tmp_path, capsys):
+    from medkge import memory
+    from medkge.cli import main
+    from medkge.optim import DEFAULT_LR
+
+    made = random_dataset(3000, 3, (600, 20, 20))
+    folder = tmp_path / "graph"
+    folder.mkdir()
+    for name in ("train", "valid", "test"):
+        lines = "".join(f"e{h}\tr{r}\te{t}\n" for h, r, t in made.split(name).tolist())
+        (folder / f"{name}.txt").write_text(lines)
+    ds = medkge.load_dataset(folder)
+    cfg = medkge.Config().with_overrides({"model.dims": [8], "train.batch_size": 8, "train.negatives": 4})
+    assert memory.plan(cfg, ds, torch.device("cpu")).optimizer == "sparse_adam"  # ~2,900 rows, 48 touched a step
+    tight = sum(memory.estimate(cfg, ds, "row_adagrad").values()) + 1
+    cfg = cfg.with_overrides({"train.memory_budget": tight})
+    assert memory.plan(cfg, ds, torch.device("cpu")).optimizer == "row_adagrad"  # Adam's moments do not fit
+    args = ["train", "--dataset", str(folder), "--dims", "8", "--epochs", "1", "--batch-size", "8", "--negatives", "4"]
+    args += ["--set", f"train.memory_budget={tight}", "--set", "eval.every=0", "--set", "eval.test=false"]
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err
+    assert f"optimizer row_adagrad (train.optimizer auto), learning rate {DEFAULT_LR['row_adagrad']:g}" in err
+    results = medkge.Run.open(tmp_path / "default").results()
+    assert results["optimizer"] == "row_adagrad" and results["lr"] == DEFAULT_LR["row_adagrad"]
+    assert main([*args, "--lr", "0.005", "--out", str(tmp_path / "given")]) == 0  # a rate set for Adam: said
+    assert (
+        "medkge: warning: train.optimizer auto chose row_adagrad (Adam's moments would make" in capsys.readouterr().err
+    )
+    for optimizer in ("adam", "sparse_adam"):  # a named optimiser is never replaced
+        named = cfg.with_overrides({"train.optimizer": optimizer, "train.memory_budget": None})
+        assert memory.plan(named, ds, torch.device("cpu")).optimizer == optimizer
+
+
 def test_sparse_adam_trains_the_model_dense_adam_trains_when_every_step_touches_every_row(tmp_path):
     """Nations has 14 entities: each batch reads all of them, so lazy and dense Adam make the same updates."""
     options = {"dims": [4, 8], "epochs": 2, "eval_every": 0, "train.threads": 1}
@@ -226,11 +259,62 @@ def test_validations_can_use_the_sampled_protocol_while_the_test_stays_full(tmp_
         medkge.Config().with_overrides({"eval.valid_protocol": "half"})
 
 
+@pytest.mark.parametrize(("size", "count"), [(50, 30), (10_000, 400)])  # a large share of the pool, a small one
+def test_the_sampled_candidates_of_a_query_are_distinct(size, count):
+    from medkge.evaluation import SampledCandidates
+
+    ids = SampledCandidates(size, count, 2).for_queries(0, 600)
+    assert ids.shape == (600, count) and ids.min() >= 0 and ids.max() < size
+    assert all(len(set(row)) == count for row in ids.tolist())  # drawn with replacement, rows repeated ids
+    assert len(torch.unique(ids)) > size / 2  # spread over the pool
+    pool = torch.arange(100, 100 + size)  # candidate ids: the draws index them
+    assert torch.equal(SampledCandidates(pool, count, 2).for_queries(0, 600), pool[ids])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_sampled_rank_is_never_above_the_full_rank_so_sampled_mrr_is_never_below(tmp_path, seed):
+    run = train_tiny(tmp_path / "run", dims=[4, 8], epochs=2, seed=seed, **{"eval.test": False})
+    dataset = run.dataset()
+    for ties in ("realistic", "pessimistic"):
+        full = evaluate(run.model, dataset, "test", ties=ties, progress=False)
+        for count in (3, 7, 13):  # of Nations' 14 entities
+            for sampled_seed in range(3):
+                options = {"sampled_candidates": count, "sampled_seed": sampled_seed, "ties": ties}
+                sampled = evaluate(run.model, dataset, "test", protocol="sampled", progress=False, **options)
+                assert sampled.protocol.startswith("sampled")
+                for side in full.ranks:
+                    assert (sampled.ranks[side] <= full.ranks[side]).all()
+                for d in full.dims:
+                    assert sampled[d]["mrr"] >= full[d]["mrr"]
+
+
+def test_sampled_candidates_that_would_cover_the_graph_rank_against_all_of_it_and_say_so(tmp_path, capsys):
+    from medkge.errors import MedkgeWarning
+
+    run = train_tiny(tmp_path / "run", dims=[4], epochs=1, **{"eval.test": False})
+    full = evaluate(run.model, run.dataset(), "test", progress=False)
+    with pytest.warns(MedkgeWarning, match="1,000 candidates per side would cover all 14 candidates: test ranked"):
+        covered = evaluate(run.model, run.dataset(), "test", protocol="sampled", progress=False)
+    assert covered.protocol == "full (the 1,000 sampled candidates per side would cover all 14 candidates)"
+    assert covered[4] == full[4]  # before: MRR 0.16 against 0.37, MR 254 with 14 entities
+    assert main(["evaluate", str(run.path), "--protocol", "sampled", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "would cover all 14 candidates" in out and "medkge: warning: the sampled protocol's 1,000" in err
+    # Countries ranks tails among its 5 regions: 5 sampled candidates cover them, 3 do not
+    countries = medkge.load_dataset("countries_s1")
+    model = CroppableModel("transe", countries.num_entities, countries.num_relations, [4])
+    full = evaluate(model, countries, "test", progress=False)
+    with pytest.warns(MedkgeWarning, match="cover all 5 candidates"):
+        assert evaluate(model, countries, "test", protocol="sampled", sampled_candidates=5, progress=False) == full
+    sampled = evaluate(model, countries, "test", protocol="sampled", sampled_candidates=3, progress=False)
+    assert (sampled.ranks["tail"] <= full.ranks["tail"]).all() and sampled.protocol.startswith("sampled")
+
+
 # ---- memory -------------------------------------------------------------------------------------
 
 
 def test_an_impossible_run_is_refused_at_once_naming_what_to_change(tmp_path, capsys):
-    code = main(["train", "--dataset", "nations", "--dims", "8,100000000", "--out", str(tmp_path / "run")])
+    code = main(["train", "--dataset", "wn18rr", "--dims", "8,65536", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("medkge: error: this run needs about ")
     assert "lower the widest dim" in err and not (tmp_path / "run").exists()

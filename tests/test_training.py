@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path, ext
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists(), "the run finished before it was killed"
+    shutil.copytree(killed, tmp_path / "on-two-ranks")
     done = subprocess.run(cli("train", "--resume", str(killed), "--quiet"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for name in ("model.safetensors", "checkpoint.safetensors"):
@@ -150,6 +152,13 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(tmp_path, ext
         return [{k: v for k, v in r.items() if k not in ("seconds", "triples_per_s")} for r in records]
 
     assert strip(read_jsonl(killed / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
+    if extra:  # the checkpoint of one process (and its kept model) resumes on two torchrun ranks
+        from .test_distributed import run as torchrun
+
+        torchrun(2, "train", "--resume", str(tmp_path / "on-two-ranks"), "--quiet")
+        a, b = tables(reference), tables(tmp_path / "on-two-ranks")
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
 
 
 def test_train_refuses_to_overwrite_a_run(tmp_path):

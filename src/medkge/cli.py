@@ -31,8 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedkgeError as error:
         print(f"medkge: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as error:  # the file system's, on a file no code path named: still one line
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"medkge: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        hint = f"; continue with `medkge train --resume {args.out}`" if getattr(args, "out", None) else ""
+        training = args.handler is cmd_train and getattr(args, "out", None)
+        hint = f"; continue with `medkge train --resume {args.out}`" if training else ""
         print(f"medkge: interrupted{hint}", file=sys.stderr)
         return 130
 
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", metavar="DIR", help="also write the selected sub-model as a cropped model to DIR")
     p.add_argument("--force", action="store_true", help="overwrite an earlier crop in DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (evaluating --dims)")
     p.set_defaults(handler=cmd_select)
 
     p = sub.add_parser("compare", help="one table and one plot of quality against dimension for several runs")
@@ -348,8 +354,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .run import Run
+    from .runtime import resolve_device
 
-    run = Run.open(args.run, device=args.device)
+    run = Run.open(args.run, device=resolve_device(args.device, "--device"))
     dims = _parse_dims(args.dims) if args.dims else None
     if args.candidates or args.recommend or args.ks or args.recall_norm or args.relation:
         return _evaluate_recommendation(args, run, dims)
@@ -491,10 +498,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_crop(args: argparse.Namespace) -> int:
     from .deploy import folder_size, load
+    from .files import discard_on_failure, lock_folder
 
     source = load(args.model)
     cropped = source.crop(args.dim)
-    folder = cropped.save(args.out, overwrite=args.force, dtype=args.dtype)
+    with lock_folder(args.out, "medkge crop"), discard_on_failure(args.out):
+        folder = cropped.save(args.out, overwrite=args.force, dtype=args.dtype)
     info = json.loads((folder / "model.json").read_text())
     if args.json:
         print(json.dumps(info, indent=2))
@@ -591,10 +600,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy import load
     from .export import export
+    from .files import discard_on_failure, lock_folder
 
     model = load(args.model)
     dim = model.dim if args.dim is None else args.dim
-    folder = export(model, args.format, args.out, dim=dim, overwrite=args.force, dtype=args.dtype)
+    with lock_folder(args.out, "medkge export"), discard_on_failure(args.out):
+        folder = export(model, args.format, args.out, dim=dim, overwrite=args.force, dtype=args.dtype)
     print(f"exported the {dim}-d {model.model_name} model as {args.format} to {folder}:")
     files = sorted(f for f in folder.iterdir() if f.is_file())
     print(_table(["file", "bytes"], [[f.name, f"{f.stat().st_size:,}"] for f in files], align_left=True))
@@ -603,11 +614,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .deploy import folder_size, load
+    from .files import discard_on_failure, lock_folder
 
     model = load(args.model)
     dims = _parse_dims(args.dims) if args.dims else None
-    chosen = model.select(min_mrr=args.min_mrr, max_drop=args.max_drop, dims=dims)
-    folder = model.crop(chosen.dim).save(args.crop, overwrite=args.force) if args.crop else None
+    chosen = model.select(min_mrr=args.min_mrr, max_drop=args.max_drop, dims=dims, progress=not args.quiet)
+    folder = None
+    if args.crop:
+        with lock_folder(args.crop, "medkge select --crop"), discard_on_failure(args.crop):
+            folder = model.crop(chosen.dim).save(args.crop, overwrite=args.force)
     if args.json:
         print(json.dumps(chosen.to_dict() | {"cropped": str(folder) if folder else None}, indent=2))
         return 0
@@ -632,11 +647,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _parse_dims(text: str, flag: str = "--dims") -> list[int]:
-    from .config import _coerce_dims
-    from .scoring import check_dims
+    from .config import checked_dims
 
     try:
-        return list(check_dims(_coerce_dims(text)))
+        return checked_dims(text)
     except MedkgeError as error:
         reason = str(error).removeprefix("config: model.dims: ").removeprefix("config: model.dims ")
         raise MedkgeError(f"{flag}: {reason}") from None

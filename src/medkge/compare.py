@@ -208,12 +208,32 @@ def summarize(paths: list[str | Path], split: str = "test", labels: list[str] | 
     for run in runs[1:]:
         if (run.dataset, run.fingerprint) != (runs[0].dataset, runs[0].fingerprint):
             raise MedkgeError(f"compare: {run.path} was trained on other data than {runs[0].path}")
+    if labels and len(labels) != len(runs):
+        raise MedkgeError(f"compare: {len(labels)} labels for {len(runs)} runs")
+    _refuse_duplicates(runs, labels)
     if labels:
-        if len(labels) != len(runs):
-            raise MedkgeError(f"compare: {len(labels)} labels for {len(runs)} runs")
         for run, label in zip(runs, labels, strict=True):
             run.label, run.key = label, label
     return _group(runs)
+
+
+def _refuse_duplicates(runs: list[RunSummary], labels: list[str] | None) -> None:
+    """One run given twice, or a copy of it (the same config and seed) among one method's seeds, would count
+    as two seeds with no spread between them."""
+    folders: dict[Path, RunSummary] = {}
+    seeds: dict[tuple[str, str, int], RunSummary] = {}
+    for i, run in enumerate(runs):
+        folder = run.path.resolve()
+        if folder in folders:
+            raise MedkgeError(f"compare: {run.path} is given twice (as {folders[folder].path}); give each run once")
+        folders[folder] = run
+        group = labels[i] if labels else run.key
+        earlier = seeds.setdefault((group, run.key, run.seed), run)
+        if earlier is not run:
+            raise MedkgeError(
+                f"compare: {earlier.path} and {run.path} have the same config and seed ({run.seed}): one run twice "
+                "would count as two seeds; give runs of other seeds, or tell them apart with --labels"
+            )
 
 
 def _group(runs: list[RunSummary]) -> list[MethodSummary]:

@@ -17,11 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import MedkgeError, closest
+from .errors import MedkgeError, brief, closest
 from .model import DEFAULT_DIMS
 from .scoring import MODELS, check_dims, get_interaction
 
 CONFIG_FILE = "config.yaml"  # in every run folder
+MAX_DIMS = 4096  # sub-models of one model (64 by default)
+MAX_WIDTH = 1 << 16  # coordinates of the widest sub-model
 
 
 def _opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -34,11 +36,15 @@ def _opt(default: Any, help: str, **kwargs: Any) -> Any:
 class ModelConfig:
     name: str = _opt("rotate", "scoring model", choices=MODELS)
     dims: list[int] = _opt(
-        list(DEFAULT_DIMS), "sub-model dimensions, increasing; also 'start:stop:step' or '10,40,160,640'"
+        list(DEFAULT_DIMS),
+        f"sub-model dimensions, increasing, at most {MAX_DIMS:,} of them and the widest at most {MAX_WIDTH:,}; also "
+        "'start:stop:step' or '10,40,160,640'",
     )
     gamma: float = _opt(6.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
-    gamma_scaling: Literal["linear", "none"] = _opt(
-        "linear", "sub-model i's margin: gamma * d_i / d_n (linear) or gamma for every sub-model (none)"
+    gamma_scaling: Literal["linear", "sqrt", "none"] = _opt(
+        "linear",
+        "sub-model i's margin: gamma * d_i / d_n (linear), gamma * sqrt(d_i / d_n) (sqrt) or gamma for every "
+        "sub-model (none); a DT model of dim d gets the margin MED's d-dim sub-model has",
     )
     p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
@@ -63,6 +69,11 @@ class LossConfig:
     alpha: float = _opt(1.0, "adversarial temperature of self_adversarial (0 = uniform negatives)", min=0.0)
     margin: float = _opt(1.0, "margin of the margin-ranking loss", min=0.0)
     regularizer: Literal["none", "l2", "n3"] = _opt("none", "penalty on the batch's embeddings (for bilinear models)")
+    subsampling: bool = _opt(
+        False,
+        "weight each positive and its negatives by 1 / sqrt(count(h, r) + count(t, r^-1)) in the training triples "
+        "(RotatE's subsampling weights, counts starting at 4 as in its code): frequent patterns count less",
+    )
     reg_weight: float = _opt(0.0, "weight of the regularizer", min=0.0)
 
 
@@ -138,7 +149,10 @@ class TrainConfig:
         "docs/optimizers.md). A run folder records the rate it used",
         gt=0.0,
     )
-    lr_schedule: Literal["linear", "constant"] = _opt("linear", "decay the learning rate linearly to 0 over the run")
+    lr_schedule: Literal["linear", "step", "constant"] = _opt(
+        "linear",
+        "decay the learning rate linearly to 0 over the run, divide it by 10 half way (step: RotatE's), or not",
+    )
     device: str = _opt("cpu", "cpu, cuda, cuda:N or auto")
     seed: int = _opt(0, "seed of initialisation, shuffling and negative sampling")
     checkpoint_every: int = _opt(1, "epochs between checkpoints (0: only at the end)", min=0)
@@ -151,7 +165,9 @@ class TrainConfig:
         "fused training kernels (MED's closed-form gradient, lean scoring backward, fused Adam); false: the plain "
         "autograd reference they are tested against (same results to float rounding, slower)",
     )
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
+    threads: int | None = _opt(
+        None, "torch CPU threads (default: torch's choice); more than the cores present are cut to them", min=1
+    )
 
 
 @dataclass
@@ -170,7 +186,12 @@ class EvalConfig:
         "protocol of the validations during training: same (eval.protocol), full, or sampled (a cheap early-"
         "stopping signal where full validation costs more than the epochs between; the test keeps eval.protocol)",
     )
-    sampled_candidates: int = _opt(1000, "sampled protocol: corrupted candidates per query and side", min=1)
+    sampled_candidates: int = _opt(
+        1000,
+        "sampled protocol: distinct candidates per query and side, drawn without replacement (as many as there are "
+        "entities or more: every entity is ranked, the full protocol, with a warning)",
+        min=1,
+    )
     sampled_seed: int = _opt(0, "sampled protocol: seed of the candidate sets (the same sets at every validation)")
     memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)
     test: bool = _opt(True, "evaluate the kept model on the test split at the end")
@@ -222,7 +243,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with dotted keys (``train.lr``) set; values may be YAML strings ("1e-3", "[10, 20]")."""
@@ -234,19 +255,16 @@ class Config:
             parts = key.split(".")
             for part in parts[:-1]:
                 if not isinstance(node.get(part), dict):
-                    raise MedkgeError(f"config: unknown key {key!r}{_closest_key(key)}")
+                    raise MedkgeError(f"config: unknown key {brief(key)}{_closest_key(key)}")
                 node = node[part]
             if parts[-1] not in node:
-                raise MedkgeError(f"config: unknown key {key!r}{_closest_key(key)}")
+                raise MedkgeError(f"config: unknown key {brief(key)}{_closest_key(key)}")
             node[parts[-1]] = value
         return Config.from_dict(data)
 
     def validate(self) -> None:
         """Cross-field checks (per-field types, choices and ranges are checked when building)."""
-        try:
-            self.model.dims = list(check_dims(self.model.dims))
-        except MedkgeError as error:
-            raise MedkgeError(f"config: model.dims: {error}") from None
+        self.model.dims = checked_dims(self.model.dims)
         parse_metric(self.eval.metric, self.model.dims)
         if get_interaction(self.model.name, self.model.p).uses_gamma and self.model.gamma <= 0:
             raise MedkgeError(
@@ -256,6 +274,10 @@ class Config:
             raise MedkgeError("config: train.filter_negatives cannot filter shared negatives (train.shared_negatives)")
         if self.method == "dualde" and self.train.optimizer in ("sparse_adam", "row_adagrad"):
             raise MedkgeError("config: dualde trains its teacher in stage 2 densely: use train.optimizer adam or auto")
+        if self.loss.subsampling and self.method == "dualde":
+            raise MedkgeError("config: loss.subsampling is not part of dualde's loss (med, dt and bkd have it)")
+        if self.loss.subsampling and self.method == "med" and self.med.evolutionary:
+            raise MedkgeError("config: loss.subsampling with med.evolutionary: EI weights the positives itself")
         if self.method == "dualde" and self.loss.kind == "margin":
             raise MedkgeError("config: method dualde mixes logistic hard and soft terms: loss.kind cannot be margin")
 
@@ -289,9 +311,11 @@ def parse_metric(metric: str, dims: list[int]) -> tuple[str, int | None]:
         except ValueError:
             dim = -1
         if dim not in dims:
-            raise MedkgeError(f"config: eval.metric {metric!r}: expected mean_<metric> or <metric>@<one of the dims>")
+            raise MedkgeError(
+                f"config: eval.metric {brief(metric)}: expected mean_<metric> or <metric>@<one of the dims>"
+            )
     if name not in ("mrr", "mr", "hits@1", "hits@3", "hits@10"):
-        raise MedkgeError(f"config: eval.metric {metric!r}: unknown metric {name!r}")
+        raise MedkgeError(f"config: eval.metric {brief(metric)}: unknown metric {brief(name)}")
     return name, dim
 
 
@@ -327,7 +351,35 @@ def describe() -> list[tuple[str, Any, str]]:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with 1.2's numbers: 5e-4 is a float and 10:640:10 is a string, not a base-60 integer."""
+    """YAML with 1.2's numbers: 5e-4 is a float and 10:640:10 is a string, not a base-60 integer.
+
+    A key given twice in one mapping is an error (YAML would keep the last silently), and so is an alias
+    (``*name``): a config has no use for them, and nested aliases expand exponentially (a 300-byte file
+    into billions of items)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{brief(event.anchor, 40)[1:-1]}): configs take no aliases", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a complex key: not one of a config's
+            key = self.construct_object(key_node, deep=deep)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{brief(key, 60)} is given twice (first on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -345,6 +397,13 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+class _Dumper(yaml.SafeDumper):
+    """Never writes aliases (the loader refuses them), even for a value that occurs twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _yaml_load(text: str) -> Any:
@@ -387,7 +446,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key in data:
         if key not in names:
             full = prefix + str(key)
-            raise MedkgeError(f"config: unknown key {full!r}{_closest_key(full)}")
+            raise MedkgeError(f"config: unknown key {brief(full)}{_closest_key(full)}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -412,48 +471,77 @@ def _coerce(key: str, value: Any, hint: Any, meta: dict) -> Any:
         return _coerce_dims(value)
     if origin is Literal:
         if value not in args:
-            raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+            raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, args))}; got {brief(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise MedkgeError(f"config: {key} must be a list, got {value!r}")
+            raise MedkgeError(f"config: {key} must be a list, got {brief(value)}")
         return [_coerce(key, v, args[0], {}) for v in value]
     if hint is bool:
         if not isinstance(value, bool):
-            raise MedkgeError(f"config: {key} must be true or false, got {value!r}")
+            raise MedkgeError(f"config: {key} must be true or false, got {brief(value)}")
     elif hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise MedkgeError(f"config: {key} must be an integer, got {value!r}")
+            raise MedkgeError(f"config: {key} must be an integer, got {brief(value)}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MedkgeError(f"config: {key} must be a number, got {value!r}")
+            raise MedkgeError(f"config: {key} must be a number, got {brief(value)}")
         value = float(value)
     elif hint is str and not isinstance(value, str):
-        raise MedkgeError(f"config: {key} must be a string, got {value!r}")
+        raise MedkgeError(f"config: {key} must be a string, got {brief(value)}")
     if "choices" in meta and value not in meta["choices"]:
-        raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise MedkgeError(f"config: {key} must be one of {', '.join(map(str, meta['choices']))}; got {brief(value)}")
     if "gt" in meta and value <= meta["gt"]:
-        raise MedkgeError(f"config: {key} must be greater than {meta['gt']}, got {value!r}")
+        raise MedkgeError(f"config: {key} must be greater than {meta['gt']}, got {brief(value)}")
     if "min" in meta and value < meta["min"]:
-        raise MedkgeError(f"config: {key} must be at least {meta['min']}, got {value!r}")
+        raise MedkgeError(f"config: {key} must be at least {meta['min']}, got {brief(value)}")
     if "max" in meta and value > meta["max"]:
-        raise MedkgeError(f"config: {key} must be at most {meta['max']}, got {value!r}")
+        raise MedkgeError(f"config: {key} must be at most {meta['max']}, got {brief(value)}")
     return value
 
 
 def _coerce_dims(value: Any) -> list[int]:
-    """dims as a list, a 'start:stop:step' range (stop included) or a comma-separated string."""
+    """dims as a list, a 'start:stop:step' range (stop included) or a comma-separated string; their number
+    and the widest are checked before any list is built (1:100000000:1 is refused at once)."""
     if isinstance(value, int) and not isinstance(value, bool):
+        _check_dims_size(1, value)
         return [value]
     if isinstance(value, str):
         text = value.strip().strip("[]")
         try:
             if ":" in text:
-                start, stop, *step = (int(x) for x in text.split(":"))
-                return list(range(start, stop + 1, step[0] if step else 1))
-            return [int(x) for x in text.replace(" ", ",").split(",") if x]
+                start, stop, *step = (int(x) for x in text.split(":", 2))
+                if step and step[0] < 1:
+                    raise MedkgeError(f"config: model.dims: the step of {brief(value)} must be positive")
+                by = step[0] if step else 1
+                count = max(0, (stop - start) // by + 1)  # arithmetic: no list is built before the checks
+                _check_dims_size(count, start + (count - 1) * by)
+                return list(range(start, stop + 1, by))
+            items = [x for x in text.replace(" ", ",").split(",") if x]
+            _check_dims_size(len(items), 0)
+            return [int(x) for x in items]
+        except MedkgeError:
+            raise
         except ValueError:
-            raise MedkgeError(f"config: model.dims: cannot read {value!r} as dims") from None
+            raise MedkgeError(f"config: model.dims: cannot read {brief(value)} as dims") from None
     if isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        _check_dims_size(len(value), max(value, default=0))
         return list(value)
-    raise MedkgeError(f"config: model.dims must be a list of integers, got {value!r}")
+    raise MedkgeError(f"config: model.dims must be a list of integers, got {brief(value)}")
+
+
+def _check_dims_size(count: int, widest: int) -> None:
+    if count > MAX_DIMS:
+        raise MedkgeError(f"config: model.dims: {count:,} sub-models; at most {MAX_DIMS:,}")
+    if widest > MAX_WIDTH:
+        raise MedkgeError(f"config: model.dims: a dim of {widest:,}; at most {MAX_WIDTH:,}")
+
+
+def checked_dims(value: Any) -> list[int]:
+    """Dims from any form :func:`_coerce_dims` reads, checked (positive, increasing, within the maxima)."""
+    dims = _coerce_dims(value)
+    try:
+        return list(check_dims(dims))
+    except MedkgeError as error:
+        reason = str(error) if len(str(error)) <= 200 else str(error)[:197] + "..."
+        raise MedkgeError(f"config: model.dims: {reason}") from None

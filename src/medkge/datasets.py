@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -52,6 +53,9 @@ _CACHE_VERSION = 1
 # user folders whose split files add up to this many bytes or more are cached by default
 CACHE_MIN_BYTES = 16 << 20
 _BOM = "\ufeff"
+# bytes of one line of a triple file: a longer one is refused before the file is read whole (a 2 GiB line
+# took GBs of memory before any error)
+MAX_LINE = 1 << 20
 
 Triple = tuple[str, str, str]
 
@@ -164,14 +168,22 @@ def warn_unseen(dataset: Dataset, dropped: bool = False) -> None:
     unseen = dataset.unseen()
     if not any(unseen["triples"].values()):
         return
+    e, r = unseen["entities"], unseen["relations"]
+    which = " and ".join(x for x in (_count(e, "entity", "entities"), _count(r, "relation", "relations")) if x)
     triples = " and ".join(f"{n:,} {split}" for split, n in unseen["triples"].items() if n)
+    plural = "" if sum(unseen["triples"].values()) == 1 else "s"
     warnings.warn(
-        f"{dataset.name}: {unseen['entities']:,} entities and {unseen['relations']:,} relations occur only in "
-        f"valid/test ({triples} triples); they are kept and ranked with untrained embeddings "
-        "(--drop-unseen, config drop_unseen: true, removes those triples)",
+        f"{dataset.name}: {which} {'occurs' if e + r == 1 else 'occur'} only in valid/test ({triples} "
+        f"triple{plural}); they are kept and ranked with untrained embeddings (--drop-unseen, config "
+        "drop_unseen: true, removes those triples)",
         MedkgeWarning,
         stacklevel=2,
     )
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """ "1 entity", "3 entities"; "" for none."""
+    return "" if not n else f"{n:,} {one if n == 1 else many}"
 
 
 def list_datasets() -> list[str]:
@@ -244,6 +256,10 @@ def _parse(files: dict[str, Any]) -> tuple[list[str], list[str], dict[str, np.nd
         pc.utf8_trim_whitespace(col.chunk(0).dictionary) if col.num_chunks else pa.array([], pa.string())
         for col in (h, r, t)
     ]
+    longest = [pc.max(pc.binary_length(d)).as_py() or 0 for d in dicts]
+    if sum(longest) + 2 > MAX_LINE:  # maybe a line too long: the line reader finds it (or finds none)
+        for path in files.values():
+            _check_lines(path)
     for i, d in enumerate(dicts):
         if pc.any(pc.equal(pc.utf8_length(d), 0)).as_py():  # a field of white space only: find its line
             for path in files.values():
@@ -305,8 +321,10 @@ def read_triples(path: Path | Traversable) -> list[Triple]:
     """Read a triple file: one ``head<TAB>relation<TAB>tail`` per line, plain or gzipped.
 
     Lines without a tab are split on white space. Blank lines are skipped, a leading byte order mark
-    is dropped, fields are stripped of surrounding white space. Errors name file and line.
+    is dropped, fields are stripped of surrounding white space. Errors name file and line; a line longer
+    than ``MAX_LINE`` bytes is refused before the file is read whole.
     """
+    _check_lines(path)
     text = _read_text(path)
     triples: list[Triple] = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -341,7 +359,7 @@ def _read_text(path: Path | Traversable) -> str:
     if path.name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
+        except (OSError, EOFError, zlib.error) as error:
             raise MedkgeError(f"{path}: not a valid gzip file ({error})") from None
     try:
         text = data.decode("utf-8")
@@ -349,6 +367,27 @@ def _read_text(path: Path | Traversable) -> str:
         line = data[: error.start].count(b"\n") + 1
         raise MedkgeError(f"{path}:{line}: not valid UTF-8") from None
     return text[1:] if text.startswith(_BOM) else text  # files saved on Windows often start with a BOM
+
+
+def _check_lines(path: Path | Traversable) -> None:
+    """Refuse a line longer than ``MAX_LINE`` bytes, reading the file (decompressed) in 1 MiB pieces."""
+    number, running = 1, 0  # the line being read, and its bytes so far
+    try:
+        with path.open("rb") as raw, gzip.open(raw) if path.name.endswith(".gz") else raw as f:
+            while chunk := f.read(1 << 20):
+                pieces = chunk.split(b"\n")
+                lengths = [running + len(pieces[0]), *map(len, pieces[1:])]
+                if max(lengths[:-1], default=0) > MAX_LINE or lengths[-1] > MAX_LINE:
+                    over = next(i for i, n in enumerate(lengths) if n > MAX_LINE)
+                    raise MedkgeError(
+                        f"{path}:{number + over}: a line longer than {MAX_LINE:,} bytes (is this a triple file?)"
+                    )
+                number += len(pieces) - 1
+                running = lengths[-1]
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise MedkgeError(f"{path}: not a valid gzip file ({error})") from None
+    except OSError as error:
+        raise MedkgeError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def _find_optional(folder: Path | Traversable, stem: str):
@@ -421,7 +460,6 @@ def _write_cache(folder: Path, files: dict[str, Path], entities, relations, arra
         atomic_write(cache / "relations.txt", "\n".join(relations))
         meta = {"source": _signature(files), "entities": len(entities), "relations": len(relations)}
         atomic_write(cache / "meta.json", json.dumps(meta, indent=1))
-    except OSError as error:
-        warnings.warn(
-            f"{cache}: cannot write the dataset cache ({error.strerror or error})", MedkgeWarning, stacklevel=3
-        )
+    except (OSError, MedkgeError) as error:  # atomic_write's errors are MedkgeErrors naming the file
+        reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        warnings.warn(f"{cache}: cannot write the dataset cache ({reason})", MedkgeWarning, stacklevel=3)

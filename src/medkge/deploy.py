@@ -11,8 +11,8 @@ which speaks labels (or ids) instead of tensors::
 What a cropped model folder holds: docs/formats.md.
 
 Loading checks a model file's header (tensor names, dtypes, shapes against the recorded spec) before
-anything is allocated from it, and a cropped model file against its checksum; safetensors holds raw
-tensors only, so no code from a file ever runs.
+anything is allocated from it, and a cropped model file and its vocabularies against their checksums;
+safetensors holds raw tensors only, so no code from a file ever runs.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from . import card, quantize
 from .card import CARD_FILE
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
-from .files import MODEL_FILE, atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
+from .files import LOCK_FILE, MODEL_FILE, atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
 from .inference import DEFAULT_CACHE_BYTES, Funnel, Inference, Query, QueryError, Vocabulary, echo
 from .model import CroppableModel
-from .run import CONFIG_FILE, Run
+from .run import CONFIG_FILE, VOCAB_FILES, Run
 from .scoring import check_dims
 
 INFO_FILE = "model.json"
@@ -424,6 +424,7 @@ class LabelledModel:
         max_drop: float | None = None,
         dims: Sequence[int] | None = None,
         split: str = "valid",
+        progress: bool = False,
     ) -> Selection:
         """The smallest sub-model whose MRR on ``split`` meets the target.
 
@@ -435,7 +436,7 @@ class LabelledModel:
             raise MedkgeError("give exactly one target: min_mrr (--min-mrr) or max_drop (--max-drop)")
         if self.run is None or self.dims != self.run.dims:
             raise MedkgeError("selecting a sub-model needs a run folder (its validation results), not a cropped model")
-        mrr = {d: v["mrr"] for d, v in self._metrics(split, dims).items()}
+        mrr = {d: v["mrr"] for d, v in self._metrics(split, dims, progress).items()}
         if min_mrr is not None:
             if not 0 <= min_mrr <= 1:
                 raise MedkgeError(f"--min-mrr must be between 0 and 1, got {min_mrr}")
@@ -454,13 +455,13 @@ class LabelledModel:
             )
         return Selection(meeting[0], mrr[meeting[0]], target, split, dict(sorted(mrr.items())), rule)
 
-    def _metrics(self, split: str, dims: Sequence[int] | None) -> dict[int, dict[str, float]]:
+    def _metrics(self, split: str, dims: Sequence[int] | None, progress: bool) -> dict[int, dict[str, float]]:
         assert self.run is not None
         if dims is not None:
-            return dict(self.run.evaluate(split, check_dims(dims), progress=False))
+            return dict(self.run.evaluate(split, check_dims(dims), progress=progress))
         recorded = self.recorded_metrics(split)
         if recorded is None:  # not recorded (evaluation was switched off): evaluate all dims now
-            return dict(self.run.evaluate(split, progress=False))
+            return dict(self.run.evaluate(split, progress=progress))
         return recorded
 
     def recorded_metrics(self, split: str) -> dict[int, dict[str, float]] | None:
@@ -484,10 +485,12 @@ class LabelledModel:
         quantize.save(folder / MODEL_FILE, self.model_for(self.dim), dtype)
         write_vocab(folder / "entities.tsv", self.entities)
         write_vocab(folder / "relations.tsv", self.relations)
-        info = self.info(dtype) | {"sha256": sha256_file(folder / MODEL_FILE)}
-        files = [MODEL_FILE, "entities.tsv", "relations.tsv", INFO_FILE]
+        vocabularies = {name: sha256_file(folder / name) for name in VOCAB_FILES}
+        checksums = {"sha256": sha256_file(folder / MODEL_FILE), "vocabulary_sha256": vocabularies}
+        info = self.info(dtype) | checksums
+        files = [MODEL_FILE, *VOCAB_FILES, INFO_FILE]
         atomic_write(folder / CARD_FILE, card.render(info, info["training"], files))
-        # last: its presence marks a complete folder; the checksum catches a model file changed since
+        # last: its presence marks a complete folder; the checksums catch a model file or vocabulary changed since
         write_json(folder / INFO_FILE, info)
         return folder
 
@@ -595,10 +598,12 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     model = quantize.load(path, dtype, device).requires_grad_(False)
     if model.dims != (info.get("dim"),) or model.model_name != info.get("model"):
         raise MedkgeError(f"{folder}: {INFO_FILE} does not describe {MODEL_FILE} (model or dim differ)")
+    vocabularies = info.get("vocabulary_sha256") if isinstance(info.get("vocabulary_sha256"), dict) else {}
+    for name, recorded in [(MODEL_FILE, info.get("sha256")), *vocabularies.items()]:  # older folders: model only
+        if name in (MODEL_FILE, *VOCAB_FILES) and recorded and sha256_file(folder / name) != recorded:
+            raise MedkgeError(f"{folder / name}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     entities = read_vocab(folder / "entities.tsv")
     relations = read_vocab(folder / "relations.tsv")
-    if "sha256" in info and sha256_file(path) != info["sha256"]:
-        raise MedkgeError(f"{path}: does not match the checksum in {INFO_FILE} (modified or damaged)")
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
     source = {k: v for k, v in source.items() if k != "path"}  # folders written before paths were left out
     recorded = {s: {model.dim: info[s]} for s in ("valid", "test") if isinstance(info.get(s), dict)}
@@ -619,7 +624,7 @@ def prepare_folder(out: str | Path, overwrite: bool, source: Path | None = None)
         raise MedkgeError(f"{folder}: exists and is not a folder")
     if source is not None and folder.exists() and folder.resolve() == Path(source).resolve():
         raise MedkgeError(f"{folder} holds the model being written; choose another output folder")
-    if folder.is_dir() and any(folder.iterdir()):
+    if folder.is_dir() and any(f.name != LOCK_FILE for f in folder.iterdir()):
         if (folder / CONFIG_FILE).exists():
             raise MedkgeError(f"{folder} holds a run; choose another output folder")
         if not overwrite:

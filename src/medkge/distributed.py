@@ -24,7 +24,6 @@ resumes on another number of ranks. The run folder must be on a file system ever
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import socket
@@ -41,23 +40,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import runtime
-from .errors import MedkgeError
-from .evaluation import (
-    Metrics,
-    SampledCandidates,
-    _FilterIndex,
-    _metrics,
-    count_against,
-    ranks_from_counts,
-    unique_triples,
-)
+from .evaluation import Metrics, Shard, evaluate
 from .files import FORMAT, FORMAT_VERSION, load_tensors, save_tensors, save_tensors_streamed
-from .model import BlockScorer, CroppableModel
+from .model import CroppableModel
 from .optim import row_optimizer
 from .seeding import init_entity_rows
-from .stores import EntityStore
+from .stores import SHARDS_DIR, SHARDS_MANIFEST, EntityStore, remove_shards
 
-SHARDS_DIR = "model-shards"
 _HEARTBEAT = 1.0
 
 
@@ -248,7 +237,7 @@ class ShardedStore(EntityStore):
     def rows(self) -> Tensor:
         return self.table
 
-    # ---- the kept model: a shard per rank, and rank 0's relation table ---------------------------------
+    # ---- the kept model: a shard per rank, and rank 0's manifest ---------------------------------------
     def keep(self, model: CroppableModel, path: Path) -> None:
         """Each rank writes its rows of the kept model, then rank 0 the relation table and the list of shards
         (written last: it says which shards make the model)."""
@@ -258,31 +247,21 @@ class ShardedStore(EntityStore):
         if rank == 0:
             ranges = [[a, b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
             meta = {"spec": model.spec(), "ranges": ranges}
-            save_tensors(shards / "relation.safetensors", {"relation": model.relation}, meta)
+            save_tensors(shards / SHARDS_MANIFEST, {"relation": model.relation}, meta)
             for old in shards.glob("rank-*.safetensors"):  # shards of a run resumed on fewer ranks
                 if int(old.stem.split("-")[1]) >= self.cluster.world:
                     old.unlink()
+            path.unlink(missing_ok=True)  # a model kept by an earlier part of the run in one process: superseded
         self.cluster.barrier()
 
     def restore(self, model: CroppableModel, path: Path) -> bool:
-        """This rank's rows of the kept model back in place (from the shards, whatever number of ranks wrote them)."""
-        from .training import read_rows
-
-        shards = path.parent / SHARDS_DIR
-        manifest = shards / "relation.safetensors"
-        if not manifest.is_file():
-            return False
-        relation, meta = load_tensors(manifest, "medkge model shard")
-        sources = [(shards / f"rank-{r}.safetensors", "") for r in range(len(meta["ranges"]))]
-        read_rows(sources, meta["ranges"], self.lo, {"entity": self.table})
-        with torch.no_grad():
-            model.relation.copy_(relation["relation"])
+        restored = super().restore(model, path)
         self.cluster.barrier()
-        return True
+        return restored
 
     def finish(self, model: CroppableModel, path: Path) -> None:
         """Rank 0: the model file from the kept shards, streamed shard by shard; then the shards go."""
-        if self.cluster.rank == 0:
+        if self.cluster.rank == 0 and (path.parent / SHARDS_DIR / SHARDS_MANIFEST).is_file():
             _assemble(path, self.shape)
         self.cluster.barrier()
 
@@ -294,7 +273,7 @@ def _assemble(path: Path, shape: tuple[int, int, int]) -> None:
     from safetensors import safe_open
 
     shards = path.parent / SHARDS_DIR
-    relation, meta = load_tensors(shards / "relation.safetensors", "medkge model shard")
+    relation, meta = load_tensors(shards / SHARDS_MANIFEST, "medkge model shard")
 
     def pieces():
         for rank in range(len(meta["ranges"])):
@@ -304,100 +283,22 @@ def _assemble(path: Path, shape: tuple[int, int, int]) -> None:
     tables = [("entity", torch.float32, list(shape), pieces())]
     tables.append(("relation", torch.float32, list(relation["relation"].shape), [relation["relation"]]))
     save_tensors_streamed(path, tables, {"format": FORMAT, "version": FORMAT_VERSION, "spec": meta["spec"]})
-    for f in shards.iterdir():
-        f.unlink()
-    shards.rmdir()
+    remove_shards(path)
 
 
 # ---- sharded evaluation ---------------------------------------------------------------------------
 
 
 def sharded_evaluate(store: ShardedStore, model: CroppableModel, dataset: Any, split: str, **options: Any) -> Metrics:
-    """Filtered ranks of every sub-model on ``split``: every rank ranks every query against its own rows;
-    the counts are summed across ranks. The run's protocol (full or sampled)."""
-    if dataset.tail_candidates is not None:
-        raise MedkgeError("distributed evaluation ranks against all entities: this dataset has candidate sets")
+    """Filtered ranks of every sub-model on ``split`` (evaluation.evaluate): every rank ranks every query
+    against its own rows and the counts are summed across ranks."""
     # a model of this rank's rows only, sharing the store's storage of them (no copy)
-    local = CroppableModel.from_spec(model.spec() | {"num_entities": 1})
+    local = CroppableModel.from_spec(model.spec() | {"num_entities": 1}).to(store.table.device)
     local.entity = torch.nn.Parameter(store.table, requires_grad=False)
     with torch.no_grad():
         local.relation.copy_(model.relation.detach())
-    scorer = BlockScorer(local, budget=options.get("memory_budget"))
-    protocol = {k: options[k] for k in ("protocol", "sampled_candidates", "sampled_seed")}
-    ties = options.get("ties", "realistic")
-    triples = dataset.split(split).long()
-    known = unique_triples(dataset.known_triples())
-    ranks = {}
-    for side in dataset.directions:
-        ranks[side] = _sharded_rank(store, scorer, side, triples, known, protocol, ties)
-    described = (
-        "full"
-        if protocol["protocol"] == "full"
-        else (f"sampled ({protocol['sampled_candidates']} candidates per side, seed {protocol['sampled_seed']})")
-    )
-    return _metrics(ranks, local.dims, split, ties, described)
-
-
-def _sharded_rank(store, scorer: BlockScorer, side: str, triples: Tensor, known: Tensor, protocol, ties) -> Tensor:
-    cluster, entities = store.cluster, store
-    lo, hi = entities.lo, entities.hi
-    anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
-    num_entities, num_relations = entities.shape[0], scorer.relation.shape[0]
-    index = _FilterIndex(known, anchor_col, true_col, num_relations)
-    sampled = protocol["protocol"] == "sampled"
-    if sampled:
-        draw = SampledCandidates(
-            num_entities, protocol["sampled_candidates"], protocol["sampled_seed"] * 2 + ("head", "tail").index(side)
-        )
-        known_keys = torch.sort(
-            (known[:, anchor_col] * num_relations + known[:, 1]) * num_entities + known[:, true_col]
-        )[0]
-    q_step = 256
-    sign = scorer.interaction.sum_sign
-    out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64)
-    for q0 in range(0, len(triples), q_step):
-        chunk = triples[q0 : q0 + q_step]
-        anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
-        with torch.no_grad():
-            rows = scorer.prepare(entities.lookup(torch.cat([anchor, true])).cpu())
-        query, r_rows = scorer.queries(side, anchor, rel, anchor_rows=rows[: len(chunk)])
-        true_scores = scorer.pairs(side, query, r_rows, true, finish=False, candidate_rows=rows[len(chunk) :])
-        if not sampled:
-            pair_query, pair_entity = index.lookup(anchor, rel)
-            mine = (pair_entity >= lo) & (pair_entity < hi)
-            pair_query, pair_pos = pair_query[mine], pair_entity[mine] - lo
-            order = torch.argsort(pair_pos)
-            among, balance, equal = count_against(
-                scorer,
-                side,
-                query,
-                r_rows,
-                true_scores,
-                pair_query[order],
-                pair_pos[order],
-                hi - lo,
-                None,
-                ties != "realistic",
-                reduce=cluster.all_sum,
-            )
-            out[q0 : q0 + len(chunk)] = ranks_from_counts(among, balance, equal, ties, sign)
-            continue
-        cands = draw.for_queries(q0, q0 + len(chunk))
-        keys = ((anchor * num_relations + rel) * num_entities).unsqueeze(1) + cands
-        position = torch.searchsorted(known_keys, keys).clamp_max(len(known_keys) - 1)
-        valid = (known_keys[position] != keys) & (cands >= lo) & (cands < hi)
-        q_idx, c_idx = valid.nonzero(as_tuple=True)
-        scores = scorer.pairs(side, query[q_idx], r_rows[q_idx], cands[q_idx, c_idx] - lo, finish=False)
-        worst = -math.inf * sign
-        scores, reference = scores.nan_to_num(nan=worst), true_scores[q_idx].nan_to_num(nan=worst)
-        higher = torch.zeros(len(chunk), scores.shape[1], dtype=torch.float64).index_add_(
-            0, q_idx, (scores * sign > reference * sign).double()
-        )
-        equal = torch.zeros_like(higher).index_add_(0, q_idx, (scores == reference).double())
-        higher, equal = cluster.all_sum(higher, equal)
-        offset = {"realistic": equal / 2, "optimistic": 0, "pessimistic": equal}[ties]
-        out[q0 : q0 + len(chunk)] = 1 + higher + offset
-    return out
+    shard = Shard(store.lo, store.hi, store.shape[0], store.lookup, store.cluster.all_sum)
+    return evaluate(local, dataset, split, shard=shard, **options)
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -23,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .datasets import Dataset
-from .errors import MedkgeError
+from .errors import MedkgeError, MedkgeWarning
 from .model import BlockScorer, CroppableModel
 from .scoring import Prefix, Side
 
@@ -122,6 +123,7 @@ def evaluate(
     protocol: Literal["full", "sampled"] = "full",
     sampled_candidates: int = 1000,
     sampled_seed: int = 0,
+    shard: Shard | None = None,
 ) -> Metrics:
     """Filtered link prediction on ``split`` for every sub-model (or for ``dims``, any d <= d_n).
 
@@ -134,17 +136,28 @@ def evaluate(
             entities or the dataset's own tail candidates (Countries); only tails are ranked then, and every
             triple of ``split`` must have a candidate tail (medkge.recommend picks such triples).
         protocol: "full" ranks against every candidate entity; "sampled" against ``sampled_candidates``
-            entities per query and side, drawn uniformly (from the candidates, where given) with
-            ``sampled_seed``, the same sets at every call (ogbl-wikikg2's protocol, for graphs too large to
-            rank fully); candidates that form known triples are skipped, as in the full protocol.
+            distinct entities per query and side, drawn uniformly without replacement (from the candidates,
+            where given) with ``sampled_seed``, the same sets at every call (ogbl-wikikg2's protocol, for graphs
+            too large to rank fully); candidates that form known triples are skipped, as in the full
+            protocol. So a sampled rank is never above the full one. Where ``sampled_candidates`` would cover
+            every candidate entity, they are all ranked against (the full protocol), with a warning, and
+            ``Metrics.protocol`` says so.
+        shard: ``model`` holds rows [shard.lo, shard.hi) of a table split across processes (distributed
+            training): every process ranks every query against its own rows and the counts are summed; every
+            process calls this, and gets the same metrics.
     """
     if ties not in ("realistic", "optimistic", "pessimistic"):
         raise MedkgeError(f"ties must be realistic, optimistic or pessimistic, got {ties!r}")
-    if model.num_entities != dataset.num_entities or model.num_relations != dataset.num_relations:
+    num_entities = model.num_entities if shard is None else shard.num_entities
+    if shard is not None and (candidates is not None or dataset.tail_candidates is not None):
+        raise MedkgeError("evaluation across processes ranks against all entities: not a candidate set")
+    if num_entities != dataset.num_entities or model.num_relations != dataset.num_relations:
         raise MedkgeError(
-            f"the model has {model.num_entities} entities and {model.num_relations} relations, "
+            f"the model has {num_entities} entities and {model.num_relations} relations, "
             f"the dataset {dataset.num_entities} and {dataset.num_relations}"
         )
+    if protocol not in ("full", "sampled"):
+        raise MedkgeError(f"protocol must be full or sampled, got {protocol!r}")
     directions = dataset.directions
     if candidates is not None:
         candidates, directions = torch.unique(torch.as_tensor(candidates, dtype=torch.long)), ("tail",)
@@ -165,21 +178,55 @@ def evaluate(
         disable=not progress,
         leave=False,
     )
-    if protocol not in ("full", "sampled"):
-        raise MedkgeError(f"protocol must be full or sampled, got {protocol!r}")
+    shard = shard or Shard(0, model.num_entities, model.num_entities)
+    covered = []  # sides whose sampled candidates would cover the pool: ranked against all of it
     with torch.no_grad(), bar:
         for side in directions:
             ranked = candidates if side == "tail" else None
+            pool = ranked if ranked is not None else dataset.num_entities
+            draw = None
             if protocol == "sampled":
-                pool = ranked if ranked is not None else dataset.num_entities
-                draw = SampledCandidates(pool, sampled_candidates, sampled_seed * 2 + ("head", "tail").index(side))
-                ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar)
+                draw = sampled_candidates_of(pool, sampled_candidates, sampled_seed, side)
+                covered += [] if draw is not None else [pool if isinstance(pool, int) else len(pool)]
+            if draw is not None:
+                ranks[side] = _rank_sampled(scorer, side, triples, known, draw, ties, filtered, bar, shard)
             else:
-                ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar)
-    described = (
-        "full" if protocol == "full" else f"sampled ({sampled_candidates} candidates per side, seed {sampled_seed})"
-    )
+                ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar, shard)
+    everywhere = max(covered) if len(covered) == len(directions) else 0
+    described = describe_protocol(protocol, sampled_candidates, sampled_seed, everywhere)
+    if covered:
+        warn_covered(sampled_candidates, max(covered), split)
     return _metrics(ranks, prefix.dims, split, ties, described)
+
+
+def sampled_candidates_of(pool: int | Tensor, count: int, seed: int, side: str) -> SampledCandidates | None:
+    """The sampled protocol's candidate sets of one side: ``count`` distinct entities per query from ``pool``
+    (a number of entities, or candidate ids), or None where ``count`` covers the pool: rank against all of
+    it then, which is the same ranking without drawing. Distributed evaluation calls this too."""
+    size = pool if isinstance(pool, int) else len(pool)
+    if count >= size:
+        return None
+    return SampledCandidates(pool, count, seed * 2 + ("head", "tail").index(side))
+
+
+def warn_covered(count: int, pool: int, split: str) -> None:
+    """The warning where the sampled protocol's ``count`` candidates would cover the ``pool`` ranked against."""
+    warnings.warn(
+        f"the sampled protocol's {count:,} candidates per side would cover all {pool:,} candidates: {split} "
+        "ranked against all of them (the full protocol)",
+        MedkgeWarning,
+        stacklevel=3,
+    )
+
+
+def describe_protocol(protocol: str, count: int, seed: int, covered: int = 0) -> str:
+    """The protocol as Metrics.protocol records it; ``covered``: the entities ranked against instead where
+    the sampled protocol's candidates would cover them (0: none)."""
+    if protocol == "full":
+        return "full"
+    if covered:
+        return f"full (the {count:,} sampled candidates per side would cover all {covered:,} candidates)"
+    return f"sampled ({count} candidates per side, seed {seed})"
 
 
 def _rank(
@@ -191,15 +238,17 @@ def _rank(
     ties: Ties,
     filtered: bool,
     bar: tqdm,
+    shard: Shard,
 ) -> Tensor:
     """Ranks ``[N, n]`` of the true ``side`` entity of each triple, for every sub-model."""
     device = triples.device
-    num_entities = scorer.num_entities
+    num_entities = shard.num_entities
     anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
-    # position of each entity among the candidates (-1: not a candidate)
+    # position of each entity among the candidates scored here (-1: not a candidate, or another process's row)
     if candidates is None:
-        position = torch.arange(num_entities, device=device)
-        num_candidates = num_entities
+        position = torch.arange(num_entities, device=device) - shard.lo
+        position[(position < 0) | (position >= shard.hi - shard.lo)] = -1
+        num_candidates = shard.hi - shard.lo
     else:
         candidates = candidates.to(device)
         position = torch.full((num_entities,), -1, dtype=torch.long, device=device)
@@ -208,14 +257,14 @@ def _rank(
         if (position[triples[:, true_col]] < 0).any():
             raise MedkgeError(f"an evaluation triple's {side} is not among the {side} candidates")
     index = FilterIndex(known, anchor_col, true_col, num_relations=scorer.relation.shape[0])
-    q_step, _ = scorer.block_shape(len(triples), num_candidates)
+    # the same blocks of queries in every process (each block is a collective across processes)
+    q_step, _ = scorer.block_shape(len(triples), num_entities if candidates is None else num_candidates)
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     for q0 in range(0, len(triples), q_step):
         chunk = triples[q0 : q0 + q_step]
         anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
-        query, r_rows = scorer.queries(side, anchor, rel)
         # rank on the sums before the final monotone step (gamma - s, ...): same order, one pass less
-        true_scores = scorer.pairs(side, query, r_rows, true, finish=False)
+        query, r_rows, true_scores = _queries(scorer, side, anchor, rel, true, shard)
         if torch.isnan(true_scores).any():
             warnings.warn("NaN scores in evaluation: NaN is ranked last", stacklevel=3)
         # Filtered (query, candidate) pairs of this chunk, sorted by candidate. The true entity is always
@@ -240,10 +289,36 @@ def _rank(
             num_candidates,
             candidates,
             ties != "realistic",
+            reduce=shard.all_sum,
         )
         out[q0 : q0 + len(chunk)] = ranks_from_counts(among, balance, equal, ties, scorer.interaction.sum_sign)
         bar.update(len(chunk))
     return out.cpu()
+
+
+@dataclass
+class Shard:
+    """The rows [lo, hi) of a table of ``num_entities`` that the model being evaluated holds: all of them, or
+    this process's share of a table split across processes, whose other rows ``rows`` fetches (a collective)
+    and whose counts ``all_sum`` adds up."""
+
+    lo: int
+    hi: int
+    num_entities: int
+    rows: Callable[[Tensor], Tensor] | None = None
+    all_sum: Callable[..., tuple] = field(default=lambda *tensors: tensors)
+
+
+def _queries(
+    scorer: BlockScorer, side: Side, anchor: Tensor, rel: Tensor, true: Tensor, shard: Shard
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(query rows, relation rows, the true entity's sums ``[Q, n]``) of a block of queries."""
+    if shard.rows is None:
+        query, r_rows = scorer.queries(side, anchor, rel)
+        return query, r_rows, scorer.pairs(side, query, r_rows, true, finish=False)
+    rows = scorer.prepare(shard.rows(torch.cat([anchor, true])).to(anchor.device))
+    query, r_rows = scorer.queries(side, anchor, rel, anchor_rows=rows[: len(anchor)])
+    return query, r_rows, scorer.pairs(side, query, r_rows, true, finish=False, candidate_rows=rows[len(anchor) :])
 
 
 def ranks_from_counts(among: Tensor, balance: Tensor, equal: Tensor | None, ties: Ties, sign: int) -> Tensor:
@@ -378,28 +453,52 @@ class FilterIndex:
         return query, self.answers[lo[query] + offset]
 
 
-_FilterIndex = FilterIndex  # the name distributed.py imports
-
-
 class SampledCandidates:
-    """The fixed candidate sets of the sampled protocol: ``count`` entities per query, uniform over ``pool``
-    (a number of entities, or a tensor of candidate ids), drawn per block of _SAMPLE_BLOCK queries from a
-    generator seeded by (seed, block), so a query's set does not depend on how evaluation is blocked."""
+    """The fixed candidate sets of the sampled protocol: ``count`` distinct entities per query, uniform over
+    ``pool`` (a number of entities, or a tensor of candidate ids) and drawn without replacement (duplicates
+    would count one entity several times, pushing ranks past the pool's size), per block of _SAMPLE_BLOCK
+    queries from a generator seeded by (seed, block), so a query's set does not depend on how evaluation is
+    blocked. ``count`` must be below the pool's size (:func:`sampled_candidates_of` decides)."""
 
     def __init__(self, pool: int | Tensor, count: int, seed: int):
+        size = pool if isinstance(pool, int) else len(pool)
+        if not 1 <= count < size:
+            raise MedkgeError(f"the sampled protocol draws 1 to {size - 1} candidates from {size}, not {count}")
         self.pool, self.count, self.seed = pool, count, seed
 
     def for_queries(self, start: int, stop: int) -> Tensor:
-        """Candidate ids ``[stop - start, count]`` of queries start..stop-1."""
+        """Candidate ids ``[stop - start, count]`` of queries start..stop-1, distinct within each row."""
         size = self.pool if isinstance(self.pool, int) else len(self.pool)
         out = []
         for block in range(start // _SAMPLE_BLOCK, (stop - 1) // _SAMPLE_BLOCK + 1):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
-            ids = torch.randint(size, (_SAMPLE_BLOCK, self.count), generator=g)
+            ids = _distinct(size, self.count, g)
             lo, hi = max(start, block * _SAMPLE_BLOCK), min(stop, (block + 1) * _SAMPLE_BLOCK)
             out.append(ids[lo - block * _SAMPLE_BLOCK : hi - block * _SAMPLE_BLOCK])
         ids = torch.cat(out)
         return ids if isinstance(self.pool, int) else self.pool[ids]
+
+
+def _distinct(size: int, count: int, g: torch.Generator) -> Tensor:
+    """``[_SAMPLE_BLOCK, count]`` ids, each row ``count`` distinct draws from ``range(size)`` (count < size)."""
+    if count * 4 >= size:  # a large share of the pool: a random permutation per row, in pieces of ~16M ids
+        rows = max(1, (1 << 24) // size)
+        parts = [
+            torch.rand(min(rows, _SAMPLE_BLOCK - r), size, generator=g).argsort(dim=1)[:, :count]
+            for r in range(0, _SAMPLE_BLOCK, rows)
+        ]
+        return torch.cat(parts)
+    # a small share: draw with replacement, then draw again where a row repeats an id (each draw repeats
+    # with probability below 1/4, so few rounds)
+    ids = torch.randint(size, (_SAMPLE_BLOCK, count), generator=g)
+    while True:
+        ids = ids.sort(dim=1).values
+        repeated = torch.zeros_like(ids, dtype=torch.bool)
+        repeated[:, 1:] = ids[:, 1:] == ids[:, :-1]
+        n = int(repeated.sum())
+        if not n:
+            return ids
+        ids[repeated] = torch.randint(size, (n,), generator=g)
 
 
 _SAMPLE_BLOCK = 256
@@ -414,11 +513,12 @@ def _rank_sampled(
     ties: Ties,
     filtered: bool,
     bar: tqdm,
+    shard: Shard,
 ) -> Tensor:
     """Ranks ``[N, n]`` of the true ``side`` entity of each triple among its own sampled candidates."""
     device = triples.device
     anchor_col, true_col = (0, 2) if side == "tail" else (2, 0)
-    num_entities, num_relations = scorer.num_entities, scorer.relation.shape[0]
+    num_entities, num_relations = shard.num_entities, scorer.relation.shape[0]
     if num_entities * num_entities * num_relations >= 2**63:
         raise MedkgeError("the sampled protocol packs (anchor, relation, candidate) in 63 bits: too many entities")
     # known (anchor, relation, answer) as one sorted key each, to skip candidates that form known triples
@@ -428,24 +528,33 @@ def _rank_sampled(
     q_step = max(1, min(len(triples), budget // (4 * draw.count * (width + 2 * len(scorer.prefix.dims)))))
     out = torch.empty(len(triples), len(scorer.prefix.dims), dtype=torch.float64, device=device)
     sign = scorer.interaction.sum_sign
+    # NaN scores rank last: in the sums' orientation, -inf for bilinear models and +inf for distances
+    worst = -math.inf * sign
     for q0 in range(0, len(triples), q_step):
         chunk = triples[q0 : q0 + q_step]
         anchor, rel, true = chunk[:, anchor_col], chunk[:, 1], chunk[:, true_col]
         cands = draw.for_queries(q0, q0 + len(chunk)).to(device)  # [Q, C]
-        query, r_rows = scorer.queries(side, anchor, rel)
-        true_scores = scorer.pairs(side, query, r_rows, true, finish=False).unsqueeze(1)  # [Q, 1, n]
-        scores = scorer.per_query(side, query, r_rows, cands, finish=False)  # [Q, C, n]
+        query, r_rows, true_scores = _queries(scorer, side, anchor, rel, true, shard)
+        true_scores = true_scores.unsqueeze(1)  # [Q, 1, n]
         if filtered:
             keys = ((anchor * num_relations + rel) * num_entities).unsqueeze(1) + cands
             position = torch.searchsorted(known_keys, keys).clamp_max(len(known_keys) - 1)
             valid = known_keys[position] != keys
         else:
             valid = cands != true.unsqueeze(1)
-        # NaN scores rank last: in the sums' orientation, -inf for bilinear models and +inf for distances
-        worst = -math.inf * sign
+        if shard.rows is None:
+            scores = scorer.per_query(side, query, r_rows, cands, finish=False)  # [Q, C, n]
+        else:  # only the candidates among this process's rows; the others' counts are summed below
+            mine = (cands >= shard.lo) & (cands < shard.hi)
+            valid &= mine
+            q_idx, c_idx = mine.nonzero(as_tuple=True)
+            scores = true_scores.new_full((*cands.shape, true_scores.shape[2]), worst)
+            local = cands[q_idx, c_idx] - shard.lo
+            scores[q_idx, c_idx] = scorer.pairs(side, query[q_idx], r_rows[q_idx], local, finish=False)
         scores, true_scores = scores.nan_to_num(nan=worst), true_scores.nan_to_num(nan=worst)
         higher = ((scores * sign > true_scores * sign) & valid.unsqueeze(2)).sum(1).double()
         equal = ((scores == true_scores) & valid.unsqueeze(2)).sum(1).double()
+        higher, equal = shard.all_sum(higher, equal)
         if ties == "realistic":
             rank = 1 + higher + equal / 2
         elif ties == "optimistic":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,7 +26,13 @@ from safetensors.torch import save_file
 
 from .errors import MedkgeError
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: folders are not locked
+    fcntl = None  # type: ignore[assignment]
+
 MODEL_FILE = "model.safetensors"
+LOCK_FILE = ".medkge.lock"  # in a folder a medkge command is writing, while it writes
 # A medkge header is a few hundred bytes; anything far larger is not one of ours.
 _MAX_HEADER = 1 << 20
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
@@ -45,10 +52,16 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 def atomic_file(path: Path, fill: Callable[[Path], None] | None = None) -> Iterator[BinaryIO]:
     """A file opened for writing in place of ``path``: written to a temporary file beside it, synced and
     renamed over ``path`` when the block ends without an error (removed otherwise). ``fill(tmp)``, where
-    given, writes the temporary file by its path instead (safetensors' own writer)."""
+    given, writes the temporary file by its path instead (safetensors' own writer).
+
+    The file system's errors (a full disk, a read-only folder) become :class:`MedkgeError` naming ``path``;
+    whatever was at ``path`` before stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise cannot(path, "write", error) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -59,8 +72,15 @@ def atomic_file(path: Path, fill: Callable[[Path], None] | None = None) -> Itera
                 os.chmod(tmp, 0o666 & ~_UMASK)  # the writer may have made the file anew
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        # our own writes (a write, the sync, the rename, safetensors' writer), not an error of the caller's
+        # block about some other file
+        if isinstance(error, OSError) and error.filename in (None, tmp, str(path)):
+            raise cannot(path, "write", error) from None
+        if isinstance(error, SafetensorError):
+            raise MedkgeError(f"{path}: cannot write ({_first_line(error)})") from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -70,6 +90,136 @@ def atomic_file(path: Path, fill: Callable[[Path], None] | None = None) -> Itera
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def cannot(path: Path | str, doing: str, error: OSError) -> MedkgeError:
+    """An error of the file system on one of medkge's own files as one line: ``PATH: cannot DOING (reason)``."""
+    return MedkgeError(f"{path}: cannot {doing} ({error.strerror or _first_line(error)})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def make_folder(path: Path | str) -> list[Path]:
+    """Create a folder and its missing parents; returns the folders made, deepest first. A path that is
+    (or lies under) a regular file, or a parent that cannot be written, is a :class:`MedkgeError`."""
+    folder = Path(path)
+    missing = []
+    try:
+        for p in [folder, *folder.parents]:
+            if p.is_dir():
+                break
+            if p.exists() or p.is_symlink():
+                if p.is_dir():  # another process (a rank of the same run) made it just now
+                    break
+                if p == folder:
+                    raise MedkgeError(f"{folder}: exists and is not a folder")
+                raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)")
+            missing.append(p)
+    except OSError as error:
+        raise cannot(folder, "create the folder", error) from None
+    made = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+            made.append(p)
+        except FileExistsError:
+            if not p.is_dir():
+                raise MedkgeError(f"{folder}: cannot create the folder ({p} is not a folder)") from None
+        except OSError as error:
+            raise cannot(folder, "create the folder", error) from None
+    return made[::-1]
+
+
+@contextlib.contextmanager
+def lock_folder(path: Path | str, what: str) -> Iterator[Path]:
+    """Hold the folder ``path`` for one writer while the block runs (``what``: the command, for the message
+    another writer gets).
+
+    An advisory lock (``flock``) on ``LOCK_FILE`` inside the folder, which records the holder's pid and host;
+    a second writer into the same folder (another ``train``, ``train --resume``, ``crop`` or ``export``) gets
+    a :class:`MedkgeError` naming them. The lock ends with the process, even a killed one. The folder and
+    its parents are created where missing; the lock file, and those folders if they are left empty (a start
+    that failed), are removed at the end.
+    """
+    folder = Path(path)
+    made = make_folder(folder)
+    try:
+        fd = _acquire(folder, what)
+        try:
+            yield folder
+        finally:
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink()  # while still held: the next writer locks a fresh file
+            os.close(fd)
+    finally:
+        for p in made:  # deepest first; only the empty ones go
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def _acquire(folder: Path, what: str) -> int:
+    lock = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as error:
+            raise cannot(folder, "write", error) from None
+        if fcntl is None:
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise MedkgeError(f"{folder}: in use by {holder}; wait for it to end, or write to another folder") from None
+        except OSError as error:
+            os.close(fd)
+            raise cannot(folder, "lock", error) from None
+        # the holder before us removes the file as it ends: hold the file that is there now, not a removed one
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    info = json.dumps({"command": what, "pid": os.getpid(), "host": socket.gethostname()})
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, info.encode())
+    except OSError as error:
+        os.close(fd)
+        raise cannot(folder, "write", error) from None
+    return fd
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, from the lock file: "`medkge train` (pid 123 on host)"."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        return f"`{str(info['command'])[:80]}` (pid {int(info['pid'])} on {str(info['host'])[:80]})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another medkge process"
+
+
+@contextlib.contextmanager
+def discard_on_failure(folder: Path | str) -> Iterator[None]:
+    """Remove the files the block added to ``folder`` if it fails, so that a failed export or crop (a full
+    disk) leaves the folder as it found it and does not block its retry. Files there before stay (atomic
+    writes leave each one old or new)."""
+    folder = Path(folder)
+    before = set(os.listdir(folder)) if folder.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            for name in set(os.listdir(folder)) - before - {LOCK_FILE}:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
+        raise
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -227,9 +377,12 @@ def check_model_file(path: Path) -> None:
 def sha256_file(path: Path) -> str:
     """The sha256 of a file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as error:
+        raise cannot(path, "read", error) from None
     return digest.hexdigest()
 
 
@@ -255,18 +408,42 @@ def read_vocab(path: Path) -> list[str]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    """Append one JSON line; a write cut short (a full disk) is taken back, so no torn line stays."""
+    line = memoryview((json.dumps(record) + "\n").encode())
+    try:
+        with open(path, "ab", buffering=0) as f:
+            start = f.seek(0, os.SEEK_END)
+            try:
+                while line:
+                    line = line[f.write(line) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    f.truncate(start)
+                raise
+    except OSError as error:
+        raise cannot(path, "write", error) from None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSON-lines file (none if it is missing). A last line cut short by a crash is skipped;
+    a bad line elsewhere is an error naming file and line."""
     if not Path(path).is_file():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8"
+        raise MedkgeError(f"{path}: cannot read ({reason or _first_line(error)})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: a write cut short
+                return
+            raise MedkgeError(f"{path}:{number}: not a JSON record") from None
 
 
 def truncate_jsonl(path: Path, lines: int) -> None:

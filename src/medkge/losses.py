@@ -21,21 +21,29 @@ _MAX_NEG_SCORE = 700.0
 
 
 def base_loss(
-    kind: str, s_pos: Tensor, s_neg: Tensor, pos_w: Tensor | None, neg_w: Tensor, margin: float = 1.0
+    kind: str,
+    s_pos: Tensor,
+    s_neg: Tensor,
+    pos_w: Tensor | None,
+    neg_w: Tensor,
+    margin: float = 1.0,
+    row_w: Tensor | None = None,
 ) -> Tensor:
     """Per-sub-model loss ``[n]`` of positives ``[B, n]`` and negatives ``[B, K, n]``.
 
     ``pos_w [B, n]`` weights the positives (summing to 1 over the batch; None: the mean) and
-    ``neg_w [B, K, n]`` the negatives of each positive (summing to 1 over a row).
+    ``neg_w [B, K, n]`` the negatives of each positive (summing to 1 over a row); ``row_w [B]`` (mean 1:
+    subsampling) weights each positive with its negatives in the means over the batch.
     Logistic kinds: -sum_b pos_w log sigma(s_pos) - mean_b sum_k neg_w log sigma(-s_neg).
     Margin: sum_b pos_w sum_k neg_w max(0, margin - s_pos + s_neg).
     """
+    rows = (lambda x: x) if row_w is None else (lambda x: x * row_w.unsqueeze(1))
     if kind == "margin":
-        per_row = ((margin - s_pos.unsqueeze(1) + s_neg).clamp_min(0) * neg_w).sum(1)
+        per_row = rows(((margin - s_pos.unsqueeze(1) + s_neg).clamp_min(0) * neg_w).sum(1))
         return per_row.mean(0) if pos_w is None else (per_row * pos_w).sum(0)
     pos = F.logsigmoid(s_pos)
-    pos = pos.mean(0) if pos_w is None else (pos * pos_w).sum(0)
-    neg = (F.logsigmoid(-s_neg) * neg_w).sum(1).mean(0)
+    pos = rows(pos).mean(0) if pos_w is None else (pos * pos_w).sum(0)
+    neg = rows((F.logsigmoid(-s_neg) * neg_w).sum(1)).mean(0)
     return -pos - neg
 
 
@@ -46,10 +54,12 @@ def negative_weights(kind: str, s_neg: Tensor, alpha: float) -> Tensor:
     return s_neg.new_full((1, 1, 1), 1.0 / s_neg.shape[1])
 
 
-def independent_loss(scores: Tensor, cfg: LossConfig) -> Tensor:
-    """Sum over sub-models of the base loss: each sub-model trained on its own (DT's objective)."""
+def independent_loss(scores: Tensor, cfg: LossConfig, weights: Tensor | None = None) -> Tensor:
+    """Sum over sub-models of the base loss: each sub-model trained on its own (DT's objective); ``weights``
+    are the batch's subsampling weights (Batch.weights)."""
     s_pos, s_neg = scores[:, 0], scores[:, 1:]
-    return base_loss(cfg.kind, s_pos, s_neg, None, negative_weights(cfg.kind, s_neg, cfg.alpha), cfg.margin).sum()
+    neg_w = negative_weights(cfg.kind, s_neg, cfg.alpha)
+    return base_loss(cfg.kind, s_pos, s_neg, None, neg_w, cfg.margin, weights).sum()
 
 
 class MEDObjective(nn.Module):
@@ -74,6 +84,7 @@ class MEDObjective(nn.Module):
     def forward(self, scores: Tensor, batch: object = None) -> tuple[Tensor, dict[str, Tensor]]:
         cfg, med = self.loss_cfg, self.med_cfg
         n = scores.shape[-1]
+        row_w = getattr(batch, "weights", None)  # subsampling (config refuses it with EI)
         alpha = cfg.alpha if cfg.kind == "self_adversarial" else 0.0
         ei = med.evolutionary and n > 1
         if self.fusable and scores.requires_grad:
@@ -86,6 +97,11 @@ class MEDObjective(nn.Module):
                     # the sub-models' own negative weights: all of them, or only sub-model 1's
                     own = negative_weights(cfg.kind, s[:, 1:] if med.ei_negatives == "own" else s[:, 1:, :1], cfg.alpha)
                     pos_w, neg_w, logs = evolutionary_weights(s, med, self.w[0], self.w[1], own)
+            elif row_w is not None:  # subsampling: each row's positive and negatives weighted
+                B = scores.shape[0]
+                pos_w = (row_w / B).unsqueeze(1).expand(B, n)
+                with torch.no_grad():
+                    neg_w = negative_weights(cfg.kind, scores.detach()[:, 1:], alpha) * row_w.view(B, 1, 1)
             loss, hard, mutual = _FusedMEDLoss.apply(
                 scores, c.to(scores.dtype), alpha, med.mutual_learning, pos_w, neg_w
             )
@@ -99,7 +115,7 @@ class MEDObjective(nn.Module):
         pos_w, neg_w = None, negative_weights(cfg.kind, s_neg, cfg.alpha)
         if ei:
             pos_w, neg_w, logs = evolutionary_weights(scores.detach(), med, w1, w2, neg_w)
-        hard = base_loss(cfg.kind, s_pos, s_neg, pos_w, neg_w, cfg.margin)  # [n]
+        hard = base_loss(cfg.kind, s_pos, s_neg, pos_w, neg_w, cfg.margin, row_w)  # [n]
         if med.dynamic_weights:
             hard = hard * torch.exp(w3 * self.dim_ratio)
         loss = hard.sum()
@@ -244,12 +260,14 @@ def soft_loss(scores: Tensor, target: Tensor) -> Tensor:
     return F.huber_loss(torch.sigmoid(scores), torch.sigmoid(target.detach()), reduction="none", delta=1.0)
 
 
-def bkd_loss(student: Tensor, teacher: Tensor, cfg: LossConfig, soft_weight: float) -> Tensor:
+def bkd_loss(
+    student: Tensor, teacher: Tensor, cfg: LossConfig, soft_weight: float, weights: Tensor | None = None
+) -> Tensor:
     """BKD: the student's base loss + soft_weight * mean over all B(1+K) triples of Huber(q_S, q_T).
 
     ``student`` and ``teacher`` are scores ``[B, 1 + K, n]`` of the same triples; the teacher is a target.
     """
-    return independent_loss(student, cfg) + soft_weight * soft_loss(student, teacher).mean()
+    return independent_loss(student, cfg, weights) + soft_weight * soft_loss(student, teacher).mean()
 
 
 class DualDELoss(nn.Module):

@@ -7,6 +7,7 @@ distil a teacher of the largest dim into one student per dim (MED.md section 6).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import os
@@ -28,7 +29,7 @@ from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset, warn_unseen
 from .errors import MedkgeError, MedkgeWarning
 from .evaluation import Metrics
-from .files import MODEL_FILE, atomic_write, load_into, read_jsonl, read_vocab, write_json, write_vocab
+from .files import MODEL_FILE, atomic_write, load_into, lock_folder, read_jsonl, read_vocab, write_json, write_vocab
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
@@ -115,7 +116,7 @@ def train_bkd(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm:
     def objective(scores: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         with torch.no_grad():
             target = score_batch(teacher, batch)
-        return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight), {}
+        return bkd_loss(scores, target, cfg.loss, cfg.distill.soft_weight, batch.weights), {}
 
     return _train_per_dim(cfg, dataset, folder, _one_stage(cfg, dataset, folder, objective, progress), teacher_info)
 
@@ -256,7 +257,7 @@ def open_teacher_run(cfg: Config, dataset: Dataset) -> tuple[Run, dict[str, Any]
 
 def _base_objective(cfg: Config) -> Objective:
     """The base loss of each model on its own (DT's objective, and a teacher's)."""
-    return lambda scores, batch: (independent_loss(scores, cfg.loss), {})
+    return lambda scores, batch: (independent_loss(scores, cfg.loss, batch.weights), {})
 
 
 def _one_stage(
@@ -362,8 +363,8 @@ def make_config(config: Config | str | Path | dict | None = None, **options: Any
     for key, value in options.items():
         if value is None:
             continue
-        if isinstance(value, range):
-            value = list(value)
+        if isinstance(value, range):  # as 'start:stop:step', checked from its arithmetic before any list is built
+            value = f"{value.start}:{value.stop - 1}:{value.step}" if value.step > 0 and len(value) else list(value)
         overrides[ALIASES.get(key, key)] = value
     return cfg.with_overrides(overrides) if overrides else cfg
 
@@ -392,29 +393,35 @@ def train(
     if world and out is None:
         raise MedkgeError("under torchrun give the run folder (--out RUN): every rank must name the same one")
     folder = Path(out) if out is not None else Path("runs") / default_run_name(cfg)
-    restart = (folder / CONFIG_FILE).exists()
-    if restart and has_progress(folder):
-        raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
-    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-    rank0 = _rank() == 0
-    plan = preflight(cfg, dataset, progress and rank0, world=world or 1)
-    cfg.train.optimizer, cfg.train.lr = plan.optimizer, plan.lr  # resolved once: a resumed run keeps them
-    cfg.dataset = recorded_dataset(cfg.dataset)
-    comm = _connect(cfg, world)  # every rank has checked the folder before rank 0 writes to it
+    with _hold(folder, "medkge train"):  # one writer per run folder; a folder it made goes if left empty
+        restart = (folder / CONFIG_FILE).exists()
+        if restart and has_progress(folder):
+            raise MedkgeError(f"{folder} already holds a run: resume it with `medkge train --resume {folder}`")
+        dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
+        rank0 = _rank() == 0
+        plan = preflight(cfg, dataset, progress and rank0, world=world or 1)
+        cfg.train.optimizer, cfg.train.lr = plan.optimizer, plan.lr  # resolved once: a resumed run keeps them
+        cfg.dataset = recorded_dataset(cfg.dataset)
+        comm = _connect(cfg, world)  # every rank has checked the folder before rank 0 writes to it
 
-    def prepare() -> None:
-        if not rank0:
-            return
-        warn_unseen(dataset, cfg.drop_unseen)
-        if restart:  # a start that failed or was killed before its first checkpoint: begin again
-            _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
-            (folder / LOG_FILE).unlink(missing_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_vocab(folder / "entities.tsv", dataset.entities)
-        write_vocab(folder / "relations.tsv", dataset.relations)
-        atomic_write(folder / CONFIG_FILE, cfg.to_yaml())  # written last: its presence marks a run folder
+        def prepare() -> None:
+            if not rank0:
+                return
+            warn_unseen(dataset, cfg.drop_unseen)
+            if restart:  # a start that failed or was killed before its first checkpoint: begin again
+                _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
+                (folder / LOG_FILE).unlink(missing_ok=True)
+            write_vocab(folder / "entities.tsv", dataset.entities)
+            write_vocab(folder / "relations.tsv", dataset.relations)
+            atomic_write(folder / CONFIG_FILE, cfg.to_yaml())  # written last: its presence marks a run folder
 
-    return _execute(cfg, dataset, folder, progress, comm, prepare)
+        try:
+            return _execute(cfg, dataset, folder, progress, comm, prepare)
+        except Exception:
+            if rank0 and not has_progress(folder):  # a failed start leaves no run folder (interrupted: --resume)
+                for name in (CONFIG_FILE, LOG_FILE, "entities.tsv", "relations.tsv"):
+                    (folder / name).unlink(missing_ok=True)
+            raise
 
 
 def resume(path: str | Path, progress: bool = True, threads: int | None = None) -> Run | None:
@@ -434,21 +441,22 @@ def resume(path: str | Path, progress: bool = True, threads: int | None = None) 
     world = _world()
     if (folder / RESULTS_FILE).is_file():
         return Run.open(folder, cfg.train.device) if _rank() == 0 else None
-    dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-    if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
-        folder / "relations.tsv"
-    ):
-        raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
-    try:
-        preflight(cfg, dataset, progress and _rank() == 0, world=world or 1)
-    except MedkgeError as error:
-        if has_progress(folder):
-            raise
-        raise MedkgeError(
-            f"{error} (this run never reached its first checkpoint: start it again with other options, "
-            f"`medkge train ... --out {folder}`)"
-        ) from None
-    return _execute(cfg, dataset, folder, progress, _connect(cfg, world))
+    with _hold(folder, "medkge train --resume"):
+        dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
+        if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
+            folder / "relations.tsv"
+        ):
+            raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
+        try:
+            preflight(cfg, dataset, progress and _rank() == 0, world=world or 1)
+        except MedkgeError as error:
+            if has_progress(folder):
+                raise
+            raise MedkgeError(
+                f"{error} (this run never reached its first checkpoint: start it again with other options, "
+                f"`medkge train ... --out {folder}`)"
+            ) from None
+        return _execute(cfg, dataset, folder, progress, _connect(cfg, world))
 
 
 @dataclass
@@ -469,6 +477,16 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
         raise MedkgeError(
             f"training across processes trains MED's one croppable model: method {cfg.method} trains one model "
             "per dim, in one process (run it without torchrun)"
+        )
+    if world > 1 and dataset.tail_candidates is not None:
+        raise MedkgeError(
+            f"training across processes ranks against all entities: {dataset.name} ranks tails among its own "
+            "candidate set (train it in one process)"
+        )
+    if world > 1 and cfg.med.evolutionary and cfg.med.ei_positives != "uniform":
+        raise MedkgeError(
+            "training across processes: med.evolutionary's positive weights are a softmax over the whole batch, "
+            "which no process holds (train in one process, or set med.ei_positives=uniform)"
         )
     if cfg.method in ("bkd", "dualde") and cfg.distill.teacher:
         open_teacher_run(cfg, dataset)
@@ -518,6 +536,11 @@ def _rank() -> int:
     return int(os.environ.get("RANK", 0)) if _world() else 0
 
 
+def _hold(folder: Path, what: str) -> contextlib.AbstractContextManager:
+    """The run folder's lock (files.lock_folder), held by rank 0 for its job: the other ranks write only shards."""
+    return lock_folder(folder, what) if _rank() == 0 else contextlib.nullcontext()
+
+
 def _connect(cfg: Config, world: int) -> Comm:
     """How this process talks to the others: alone, or joined to torchrun's job (after every check passed)."""
     if not world:
@@ -553,7 +576,7 @@ def _execute(
 
 def _run_method(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm: Comm) -> Run | None:
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        runtime.set_threads(cfg.train.threads)
     if cfg.train.tune_malloc:
         runtime.keep_freed_memory()
     if cfg.train.flush_denormals:  # after the thread count: threads made later would not have it

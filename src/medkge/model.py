@@ -46,8 +46,9 @@ class CroppableModel(nn.Module):
             model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
         gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
         gamma_scaling: "linear" gives sub-model i the margin gamma * d_i / d_n, so that every coordinate
-            carries the same share of the margin in every sub-model; "none" uses gamma for all of them
-            (MED.md's literal formula). A margin shifts scores, not rankings: it matters in training.
+            carries the same share of the margin in every sub-model; "sqrt" gamma * sqrt(d_i / d_n); "none"
+            uses gamma for all of them (MED.md's literal formula). A margin shifts scores, not rankings: it
+            matters in training.
         gamma_width: the width d_n that gamma belongs to (default: the tables' width). A cropped model
             keeps its source's, so its margin is the sub-model's.
         p: TransE's norm (1 or 2).
@@ -94,8 +95,8 @@ class CroppableModel(nn.Module):
         # reference they are tested against (train.fused_kernels)
         self.fused_kernels = True
         self.gamma = float(DEFAULT_GAMMA if gamma is None else gamma)
-        if gamma_scaling not in ("linear", "none"):
-            raise MedkgeError(f"gamma_scaling must be linear or none, got {gamma_scaling!r}")
+        if gamma_scaling not in ("linear", "sqrt", "none"):
+            raise MedkgeError(f"gamma_scaling must be linear, sqrt or none, got {gamma_scaling!r}")
         self.gamma_scaling = gamma_scaling
         self.gamma_width = int(self.dims[-1] if gamma_width is None else gamma_width)
         if normalize_entities is None:
@@ -105,7 +106,7 @@ class CroppableModel(nn.Module):
             raise MedkgeError("a model needs at least one entity and one relation")
         width = self.dims[-1]
         if init_scale is None:  # RotatE's (margin + 2) / width, with this model's own margin
-            margin = self.gamma * width / self.gamma_width if gamma_scaling == "linear" else self.gamma
+            margin = self._margin(width)
             init_scale = (margin + 2.0) / width if self.interaction.uses_gamma else 0.1
         self.init_scale = float(init_scale)
         if phase_scale is None:  # RotatE's code: phases start uniform in [-pi, pi] from the entities' range
@@ -214,8 +215,13 @@ class CroppableModel(nn.Module):
         dims = self.dims if dims is None else dims
         if self.gamma_scaling == "none" or (len(dims) == 1 and dims[0] == self.gamma_width):
             return self.gamma
-        values = [self.gamma * d / self.gamma_width for d in dims]
+        values = [self._margin(d) for d in dims]
         return torch.tensor(values, dtype=self.relation.dtype, device=self.relation.device)
+
+    def _margin(self, dim: int) -> float:
+        """The margin of the ``dim``-dimensional sub-model (gamma belongs to the width ``gamma_width``)."""
+        ratio = dim / self.gamma_width
+        return self.gamma * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.gamma_scaling]
 
     def _normalize(self, rows: Tensor) -> Tensor:
         if not self.normalize_entities:

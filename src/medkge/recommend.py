@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .datasets import Dataset
-from .errors import MedkgeError, closest
+from .errors import MedkgeError, brief, closest
 from .evaluation import Metrics, Ties, evaluate
 from .inference import triple_scores
 from .model import BlockScorer, CroppableModel
@@ -85,7 +85,7 @@ class Candidates:
             if not label or label.startswith("#"):
                 continue
             if label not in dataset.entity_ids:
-                raise MedkgeError(f"{path}:{number}: unknown entity {label!r}{closest(label, dataset.entities)}")
+                raise MedkgeError(f"{path}:{number}: unknown entity {brief(label)}{closest(label, dataset.entities)}")
             ids.append(dataset.entity_ids[label])
         if not ids:
             raise MedkgeError(f"{path}: no candidate entities in the file")
@@ -123,10 +123,16 @@ def restrict(dataset: Dataset, split: str, candidates: Candidates | None) -> Dat
         outside = ~torch.isin(triples[:, 2], candidates.entities)
         if outside.any():
             h, r, t = triples[outside][0].tolist()
+            if candidates.relations is None:
+                hint = (
+                    f"rank one relation's triples (--relation R) or use its tails as candidates (--candidates {RULE}R)"
+                )
+            else:  # --relation is given already: the candidates must grow
+                names = ",".join(dataset.relations[x] for x in candidates.relations)
+                hint = f"add those tails to the candidates, or take all tails of {names} (--candidates {RULE}{names})"
             raise MedkgeError(
                 f"{int(outside.sum())} {split} triples have a tail that is not a candidate, e.g. "
-                f"({dataset.entities[h]}, {dataset.relations[r]}, {dataset.entities[t]}); rank one relation's "
-                f"triples (--relation R) or use its tails as candidates (--candidates {RULE}R)"
+                f"({dataset.entities[h]}, {dataset.relations[r]}, {dataset.entities[t]}); {hint}"
             )
     return dataclasses.replace(dataset, **{split: triples})
 
@@ -269,7 +275,7 @@ def _relation_ids(dataset: Dataset, relations: Sequence[str | int]) -> tuple[int
         elif relation in dataset.relation_ids:
             ids.append(dataset.relation_ids[relation])
         else:
-            raise MedkgeError(f"unknown relation {relation!r}{closest(str(relation), dataset.relations)}")
+            raise MedkgeError(f"unknown relation {brief(relation)}{closest(str(relation), dataset.relations)}")
     if not ids:
         raise MedkgeError("name at least one relation")
     return tuple(sorted(set(ids)))

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from . import runtime
 from .config import CONFIG_FILE, Config
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
@@ -31,15 +32,25 @@ def per_dim_model_path(folder: Path, dim: int) -> Path:
     return folder / MODELS_DIR / f"dim_{dim}.safetensors"
 
 
-def model_checksums(folder: Path) -> dict[str, str]:
-    """sha256 of every model file of a finished run, by path relative to the run folder."""
+VOCAB_FILES = ("entities.tsv", "relations.tsv")
+
+
+def answer_files(folder: Path) -> list[Path]:
+    """The files of a run folder that change its answers: the model files and the vocabularies (two labels
+    swapped in entities.tsv swap the predictions)."""
     files = [folder / MODEL_FILE, *sorted((folder / MODELS_DIR).glob("dim_*.safetensors"))]
-    return {str(f.relative_to(folder)): sha256_file(f) for f in files if f.is_file()}
+    return [f for f in [*files, *(folder / name for name in VOCAB_FILES)] if f.is_file()]
+
+
+def model_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a finished run that changes its answers (:func:`answer_files`), by path
+    relative to the run folder."""
+    return {str(f.relative_to(folder)): sha256_file(f) for f in answer_files(folder)}
 
 
 def check_checksums(folder: Path, files: Sequence[Path], recorded: dict[str, str] | None) -> None:
-    """Compare model files with the checksums recorded at the end of training (runs made before they were
-    recorded, and files over VERIFY_MAX_BYTES, are not compared)."""
+    """Compare files with the checksums recorded at the end of training (runs made before they were
+    recorded, files recorded since, and files over VERIFY_MAX_BYTES, are not compared)."""
     for f in files:
         expected = (recorded or {}).get(str(f.relative_to(folder)))
         if expected and f.stat().st_size <= VERIFY_MAX_BYTES and sha256_file(f) != expected:
@@ -97,7 +108,8 @@ class Run:
         for f in files:
             check_model_file(f)  # a damaged header gets its own message before the checksum's
         results = read_json(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
-        check_checksums(folder, files, results.get("checksums"))
+        check_checksums(folder, answer_files(folder), results.get("checksums"))
+        device = runtime.resolve_device(str(device), "device")  # a missing GPU as one line, not torch's error
         models = [load_model(f, device) for f in files]
         entities = read_vocab(folder / "entities.tsv")
         relations = read_vocab(folder / "relations.tsv")

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import MedkgeError
+from .errors import MedkgeError, MedkgeWarning
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -85,19 +87,42 @@ def _loaded_library(stem: str) -> str | None:
     return None
 
 
-def resolve_device(name: str) -> torch.device:
-    """cpu, cuda, cuda:N or auto (cuda when available)."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """cpu, cuda, cuda:N or auto (cuda when available); ``option`` names the setting in error messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise MedkgeError(f"train.device: unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
+        raise MedkgeError(f"{option}: unknown device {name[:80]!r} (cpu, cuda, cuda:N or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MedkgeError(f"train.device: {name} asked for but no CUDA device is available (use cpu or auto)")
+        raise MedkgeError(f"{option}: {name} asked for but no CUDA device is available (use cpu or auto)")
     if device.type not in ("cpu", "cuda"):
-        raise MedkgeError(f"train.device: {name!r} is not supported (cpu, cuda, cuda:N or auto)")
+        raise MedkgeError(f"{option}: {name!r} is not supported (cpu, cuda, cuda:N or auto)")
     return device
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's CPU threads, at most one per core present (OpenMP crashed asked for 100,000); returns
+    the number set."""
+    present = cores()
+    if threads > present:
+        warnings.warn(
+            f"train.threads {threads:,} is more than the {present} CPU cores here: using {present}",
+            MedkgeWarning,
+            stacklevel=2,
+        )
+        threads = present
+    torch.set_num_threads(threads)
+    return threads
 
 
 def describe_device(device: torch.device) -> str:

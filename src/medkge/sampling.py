@@ -32,6 +32,9 @@ class Batch:
 
     groups: list[Group]
     positives: Tensor
+    # each positive's weight in the loss (with its negatives), mean 1 over the whole batch, in the order of the
+    # scores' rows (the groups', tail side first); None: all 1
+    weights: Tensor | None = None
 
     def entity_ids(self) -> Tensor:
         """Every entity id the batch reads, the positives' heads and tails included (with repeats)."""
@@ -39,7 +42,12 @@ class Batch:
         return torch.cat([*ids, self.positives[:, 0], self.positives[:, 2]])
 
     def to(self, device: torch.device) -> Batch:
-        return Batch([g.to(device) for g in self.groups], self.positives.to(device))
+        weights = None if self.weights is None else self.weights.to(device)
+        return Batch([g.to(device) for g in self.groups], self.positives.to(device), weights)
+
+    def rows(self, groups: list[Group]) -> Batch:
+        """The same batch scoring other groups (the same positives, e.g. remapped to a leaf's rows)."""
+        return Batch(groups, self.positives, self.weights)
 
 
 class NegativeSampler:
@@ -60,6 +68,7 @@ class NegativeSampler:
         corruption: str = "uniform",
         filter_known: bool = False,
         seed: int = 0,
+        subsampling: bool = False,
     ):
         self.num_entities = num_entities
         self.num_relations = num_relations
@@ -71,6 +80,12 @@ class NegativeSampler:
             self.head_probability = _bernoulli_head_probability(train, num_relations)
         train = train.long()  # keys below overflow int32
         self.known = torch.sort(self._keys(train[:, 0], train[:, 1], train[:, 2])).values if filter_known else None
+        # RotatE's subsampling: how often (h, r) and (t, r^-1) occur in the training triples
+        self.frequency = None
+        if subsampling:
+            self.frequency = [
+                torch.unique(train[:, col] * num_relations + train[:, 1], return_counts=True) for col in (0, 2)
+            ]
 
     def _keys(self, h: Tensor, r: Tensor, t: Tensor) -> Tensor:
         return (h * self.num_relations + r) * self.num_entities + t
@@ -126,8 +141,14 @@ class NegativeSampler:
         hi = len(positives) if hi is None else hi
         corrupt_all = self.sides(positives, step)
         local, corrupt_head = positives[lo:hi], corrupt_all[lo:hi]
+        weights = None
+        if self.frequency is not None:  # in the order of the groups' rows: the tail side's positives first
+            mine = self.weights(positives)[lo:hi]
+            weights = torch.cat([mine[~corrupt_head], mine[corrupt_head]])
         if not chunk:
-            return make_batch(local, corrupt_head, self.own(positives, corrupt_all, lo, hi, step))
+            batch = make_batch(local, corrupt_head, self.own(positives, corrupt_all, lo, hi, step))
+            batch.weights = weights
+            return batch
         groups = []
         for i, (side, mask) in enumerate((("tail", ~corrupt_all), ("head", corrupt_all))):
             before, count = int(mask[:lo].sum()), int(mask[lo:hi].sum())
@@ -138,7 +159,19 @@ class NegativeSampler:
             anchor, true = (p[:, 0], p[:, 2]) if side == "tail" else (p[:, 2], p[:, 0])
             shared = self.shared(i, range(first, last + 1), step)
             groups.append(Group(side, anchor, p[:, 1], true[:, None], shared, chunk, before - first * chunk))
-        return Batch(groups, local)
+        return Batch(groups, local, weights)
+
+    def weights(self, positives: Tensor) -> Tensor:
+        """RotatE's subsampling weights of a whole batch, 1 / sqrt(count(h, r) + count(t, r^-1)) with each count
+        starting at 4 (its code's ``start``: 3 + occurrences), scaled to mean 1 over the batch."""
+        assert self.frequency is not None
+        count = torch.zeros(len(positives), dtype=torch.float64)
+        for col, (keys, counts) in zip((0, 2), self.frequency, strict=True):
+            key = positives[:, col] * self.num_relations + positives[:, 1]
+            at = torch.searchsorted(keys, key).clamp_max(len(keys) - 1)
+            count += 3 + torch.where(keys[at] == key, counts[at], 0)
+        weights = count.rsqrt()
+        return (weights * (len(weights) / weights.sum())).float()
 
     def _is_known(self, batch: Tensor, corrupt_head: Tensor, negatives: Tensor) -> Tensor:
         h, r, t = (batch[:, i : i + 1].expand_as(negatives) for i in range(3))

@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
+from .errors import MedkgeError
 from .evaluation import Metrics, evaluate
-from .files import load_into, save_model
+from .files import check_model_file, load_tensors, save_model
 from .model import CroppableModel
 from .optim import RowOptimizer, TableAdam, row_optimizer
+
+# The kept model of a run on several processes: one file of rows per rank, and the relation table with the list
+# of shards (written last) in the manifest; rank 0 assembles them into the model file after training.
+SHARDS_DIR = "model-shards"
+SHARDS_MANIFEST = "relation.safetensors"
 
 
 class Comm(Protocol):
@@ -102,11 +109,27 @@ class EntityStore:
         raise NotImplementedError
 
     def restore(self, model: CroppableModel, path: Path) -> bool:
-        """Put the kept model back in place (for the test evaluation); False if nothing was kept."""
-        raise NotImplementedError
+        """Put the kept model's rows (of this process) and relation table back in place, wherever it was kept:
+        a model file, or the shards of a run that was (last) on several processes; False if nothing was kept."""
+        manifest = path.parent / SHARDS_DIR / SHARDS_MANIFEST
+        if manifest.is_file():  # written last: the shards it names are whole
+            relation, meta = load_tensors(manifest, "medkge model shard")
+            sources = [(manifest.parent / f"rank-{r}.safetensors", "") for r in range(len(meta["ranges"]))]
+            ranges, table = meta["ranges"], relation["relation"]
+        elif path.is_file():
+            check_model_file(path)
+            sources, ranges = [(path, "")], [[0, int(model.num_entities)]]
+            with safe_open(path, framework="pt") as f:
+                table = f.get_tensor("relation")
+        else:
+            return False
+        read_rows(sources, ranges, self.lo, {"entity": self.rows()})
+        with torch.no_grad():
+            model.relation.copy_(table)
+        return True
 
     def finish(self, model: CroppableModel, path: Path) -> None:
-        """Make the kept model one ordinary model file at ``path`` (after training)."""
+        """Make the kept model, restored in place, one ordinary model file at ``path`` (after training)."""
 
     def evaluate(self, model: CroppableModel, dataset: Any, split: str, **options: Any) -> Metrics:
         raise NotImplementedError
@@ -147,12 +170,46 @@ class LocalStore(EntityStore):
 
     def keep(self, model: CroppableModel, path: Path) -> None:
         save_model(path, model)
+        remove_shards(path)  # kept by an earlier part of the run on several processes: superseded
 
-    def restore(self, model: CroppableModel, path: Path) -> bool:
-        if not path.is_file():
-            return False
-        load_into(model, path)
-        return True
+    def finish(self, model: CroppableModel, path: Path) -> None:
+        if (path.parent / SHARDS_DIR).is_dir():  # kept on several processes and not improved on since
+            self.keep(model, path)
 
     def evaluate(self, model: CroppableModel, dataset: Any, split: str, **options: Any) -> Metrics:
         return evaluate(model, dataset, split, **options)
+
+
+def remove_shards(path: Path) -> None:
+    """Remove the kept-model shards beside the model file ``path`` (superseded, or assembled into it)."""
+    shards = path.parent / SHARDS_DIR
+    if shards.is_dir():
+        (shards / SHARDS_MANIFEST).unlink(missing_ok=True)  # first: the rest is then no model
+        for f in shards.iterdir():
+            f.unlink()
+        shards.rmdir()
+
+
+def read_rows(sources: list[tuple[Path, str]], ranges: list[list[int]], lo: int, into: dict[str, Tensor]) -> None:
+    """Fill ``into`` (row-indexed tensors of rows [lo, lo + len) by name, and 0-d counters) from files holding
+    row ranges: source R (a path and the prefix of its tensors' names) holds rows ``ranges[R]``. Read as slices,
+    so rows written by any number of processes load into any other."""
+    rows = [v for v in into.values() if v.ndim]
+    hi = lo + (len(rows[0]) if rows else 0)
+    with torch.no_grad():
+        for index, ((path, prefix), (a, b)) in enumerate(zip(sources, ranges, strict=True)):
+            start, stop = max(a, lo), min(b, hi)
+            if start >= stop and index:
+                continue
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for name, target in into.items():
+                        if not target.ndim:
+                            if not index:  # counters are equal everywhere: read them once
+                                target.copy_(f.get_tensor(prefix + name))
+                            continue
+                        if start < stop:
+                            piece = f.get_slice(prefix + name)[start - a : stop - a]
+                            target[start - lo : stop - lo] = piece.view_as(target[start - lo : stop - lo])
+            except (OSError, KeyError, ValueError) as error:
+                raise MedkgeError(f"{path}: rows missing or damaged ({error})") from None

@@ -34,7 +34,7 @@ from .model import CroppableModel
 from .optim import DEFAULT_LR, choose, dense_optimizer, rows_per_step
 from .run import eval_protocol
 from .sampling import Batch, NegativeSampler
-from .stores import Comm, Local
+from .stores import Comm, Local, read_rows
 
 # (loss, logs) from the scores [B, 1 + K, n] of a batch
 Objective = Callable[[Tensor, "Batch"], tuple[Tensor, dict[str, Tensor]]]
@@ -205,7 +205,7 @@ class Trainer:
         )
         lr = self.lr
         for index in inner:
-            lr = self.lr * (1 - self.state.step / total_steps) if tc.lr_schedule == "linear" else self.lr
+            lr = self.lr * schedule(tc.lr_schedule, self.state.step, total_steps)
             loss, logs = self.step(self.train_triples[index], lr)
             for key, value in {"loss": loss, **logs}.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()
@@ -466,6 +466,16 @@ class Trainer:
                     state["step"] = state["step"].to(p.device, torch.float32)
 
 
+def schedule(kind: str, step: int, total_steps: int) -> float:
+    """The learning rate's factor at ``step`` of ``total_steps``: linear decay to 0, /10 from half way (RotatE's
+    step decay), or constant."""
+    if kind == "linear":
+        return 1 - step / total_steps
+    if kind == "step":
+        return 0.1 if step >= total_steps // 2 else 1.0
+    return 1.0
+
+
 def checkpoint_rows_dir(checkpoint_path: Path) -> Path:
     """Where the processes of a distributed run write their rows of a checkpoint (``<checkpoint>.rows/``)."""
     return checkpoint_path.with_name(checkpoint_path.stem + ".rows")
@@ -482,33 +492,6 @@ def _remove_row_files(rows_dir: Path, keep: str | None) -> None:
             old.rmdir()
     if keep is None:
         rows_dir.rmdir()
-
-
-def read_rows(sources: list[tuple[Path, str]], ranges: list[list[int]], lo: int, into: dict[str, Tensor]) -> None:
-    """Fill ``into`` (row-indexed tensors of rows [lo, lo + len) by name, and 0-d counters) from files holding
-    row ranges: source R (a path and the prefix of its tensors' names) holds rows ``ranges[R]``. Read as slices,
-    so rows written by any number of processes load into any other."""
-    from safetensors import safe_open
-
-    rows = [v for v in into.values() if v.ndim]
-    hi = lo + (len(rows[0]) if rows else 0)
-    with torch.no_grad():
-        for index, ((path, prefix), (a, b)) in enumerate(zip(sources, ranges, strict=True)):
-            start, stop = max(a, lo), min(b, hi)
-            if start >= stop and index:
-                continue
-            try:
-                with safe_open(path, framework="pt") as f:
-                    for name, target in into.items():
-                        if not target.ndim:
-                            if not index:  # counters are equal everywhere: read them once
-                                target.copy_(f.get_tensor(prefix + name))
-                            continue
-                        if start < stop:
-                            piece = f.get_slice(prefix + name)[start - a : stop - a]
-                            target[start - lo : stop - lo] = piece.view_as(target[start - lo : stop - lo])
-            except (OSError, KeyError, ValueError) as error:
-                raise MedkgeError(f"{path}: checkpoint rows missing or damaged ({error})") from None
 
 
 def optimizer_tensors(state_dict: dict[str, Any]) -> dict[str, Tensor]:
