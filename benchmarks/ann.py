@@ -58,32 +58,29 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
 
 
-def measure(name: str, build, search, x, queries, truth, k) -> dict:
+def measure(name: str, build, search, x, queries, truth, k, tune=None, settings=(None,)) -> None:
+    """Build once; then, for each search setting (``tune(index, setting)``: HNSW's ef), recall and p50."""
     gc.collect()
     before = rss_mb()
     began = time.perf_counter()
     index = build(x)
     built = time.perf_counter() - began
     memory = rss_mb() - before
-    found, times = [], []
-    for q in queries:
-        t0 = time.perf_counter()
-        ids = search(index, x[q : q + 1], k + 1)
-        times.append(time.perf_counter() - t0)
-        found.append([i for i in ids if i != q][:k])
-    row = {
-        "index": name,
-        "build_s": built,
-        "memory_mb": memory,
-        "recall@10": recall(np.array(found), truth),
-        "p50_ms": statistics.median(times) * 1e3,
-    }
-    print(
-        f"| {name} | {built:.0f} | {memory:.0f} | {row['recall@10']:.4f} | {row['p50_ms']:.2f} |",
-        flush=True,
-    )
+    for setting in settings:
+        if tune is not None and setting is not None:
+            tune(index, setting)
+        found, times = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            ids = search(index, x[q : q + 1], k + 1)
+            times.append(time.perf_counter() - t0)
+            found.append([i for i in ids if i != q][:k])
+        label = name if setting is None else f"{name}, ef {setting}"
+        p50 = statistics.median(times) * 1e3
+        print(
+            f"| {label} | {built:.0f} | {memory:.0f} | {recall(np.array(found), truth):.4f} | {p50:.2f} |", flush=True
+        )
     del index
-    return row
 
 
 def main() -> None:
@@ -95,6 +92,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--libraries", default="hnswlib,faiss-hnsw,faiss-ivf")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ef", default="64", help="HNSW search breadths to measure on each built index, e.g. 64,128,256")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     k = 10
@@ -108,6 +106,7 @@ def main() -> None:
     print("| index | build (s) | memory (MB) | recall@10 | query p50 (ms) |")
     print("|---|---:|---:|---:|---:|")
     libraries = args.libraries.split(",")
+    efs = [int(e) for e in args.ef.split(",")]
     if "hnswlib" in libraries:
         import hnswlib
 
@@ -120,13 +119,15 @@ def main() -> None:
             return index
 
         measure(
-            "hnswlib HNSW (M 16, efC 100, ef 64)",
+            "hnswlib HNSW (M 16, efC 100)",
             build_hnswlib,
             lambda i, q, n: i.knn_query(q, n)[0][0],
             x,
             queries,
             truth,
             k,
+            lambda i, ef: i.set_ef(ef),
+            efs,
         )
     if "faiss-hnsw" in libraries or "faiss-ivf" in libraries:
         import faiss
@@ -152,7 +153,17 @@ def main() -> None:
             return index.search(q, n)[1][0]
 
         if "faiss-hnsw" in libraries:
-            measure("faiss HNSWFlat (M 16, efC 100, efSearch 64)", build_faiss_hnsw, search_faiss, x, queries, truth, k)
+            measure(
+                "faiss HNSWFlat (M 16, efC 100)",
+                build_faiss_hnsw,
+                search_faiss,
+                x,
+                queries,
+                truth,
+                k,
+                lambda i, ef: setattr(i.hnsw, "efSearch", ef),
+                efs,
+            )
         if "faiss-ivf" in libraries:
             measure("faiss IVFFlat (4 sqrt(E) lists, nprobe 32)", build_faiss_ivf, search_faiss, x, queries, truth, k)
 
