@@ -367,6 +367,32 @@ def test_the_subsampling_weights_are_rotates_and_follow_the_rows_of_the_scores()
     assert NegativeSampler(train, 5, 2, negatives=3).batch(train, step=0).weights is None
 
 
+@pytest.mark.parametrize("method", ["med", "dt"])
+def test_a_run_with_subsampling_trains_with_the_weights(tmp_path, method):
+    import medkge
+    from medkge.sampling import Batch
+
+    seen = []
+    original = Batch.to
+
+    def spy(self, device):
+        seen.append(self.weights)
+        return original(self, device)
+
+    options = {"dataset": "nations", "dims": [4, 8], "epochs": 1, "eval_every": 0, "method": method}
+    options |= {"train.threads": 1, "eval.test": False}
+    Batch.to = spy
+    try:
+        plain = medkge.train(**options, out=tmp_path / "plain", progress=False)
+        assert seen and all(w is None for w in seen)
+        seen.clear()
+        weighted = medkge.train(**options, **{"loss.subsampling": True}, out=tmp_path / "weighted", progress=False)
+    finally:
+        Batch.to = original
+    assert seen and all(w is not None and len(w) for w in seen)
+    assert not torch.equal(plain.model.entity, weighted.model.entity)
+
+
 def test_rotates_step_decay_and_the_square_root_margin():
     from medkge.model import CroppableModel
     from medkge.training import schedule

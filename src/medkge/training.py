@@ -128,6 +128,7 @@ class Trainer:
             tc.corruption,
             tc.filter_negatives,
             seed=self.seed,
+            subsampling=config.loss.subsampling,
         )
         # the pre-flight resolves both (memory.plan); a Trainer built directly resolves them the same way
         self.optimizer_name = choose(
