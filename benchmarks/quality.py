@@ -35,9 +35,9 @@ from typing import Any
 import medkge
 from medkge.compare import MethodSummary, compare, method_label, method_settings, summarize
 from medkge.config import Config
+from medkge.layout import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 from medkge.methods import make_config, recorded_dataset
 from medkge.optim import DEFAULT_LR
-from medkge.run import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
 # Per dataset: the options every method shares, the dims DT and the distillations train, the methods and

@@ -14,7 +14,7 @@ import torch
 
 import medkge
 from medkge.files import load_tensors
-from medkge.run import CHECKPOINT_FILE
+from medkge.layout import CHECKPOINT_FILE
 from medkge.training import build_model
 
 

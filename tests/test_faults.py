@@ -25,7 +25,8 @@ import torch
 import medkge
 from medkge import MedkgeError, load_dataset
 from medkge.cli import main
-from medkge.files import LOCK_FILE, lock_folder
+from medkge.files import lock_folder
+from medkge.layout import LOCK_FILE
 
 from .conftest import train_tiny
 from .test_robustness import interrupted_run, write_splits

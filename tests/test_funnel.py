@@ -126,12 +126,14 @@ def test_evaluate_funnel_on_the_command_line(tmp_path, capsys):
 
 # ---- quantised crops ------------------------------------------------------------------------------------------
 def test_int8_rows_round_trip_within_half_a_step_of_their_scale():
-    table = torch.randn(500, 2, 64) * torch.rand(500, 1, 1) * 3
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(500, 2, 64, generator=generator) * torch.rand(500, 1, 1, generator=generator) * 3
     table[7] = 0  # an all-zero row stays zero
     q, scale = quantize_rows(table)
     assert q.dtype == torch.int8 and scale.shape == (500,)
     error = (dequantize_rows(q, scale) - table).abs().amax((1, 2))
-    assert (error <= scale / 2 * (1 + 1e-6)).all() and error[7] == 0
+    # half a step, plus float32 rounding of x / scale and q * scale at |q| up to 127 (~127 ulp of the scale)
+    assert (error <= scale * (0.5 + 127 * 2e-7)).all() and error[7] == 0
     peak = table.reshape(500, -1).abs().amax(1)
     torch.testing.assert_close(scale[peak > 0], peak[peak > 0] / 127)
 

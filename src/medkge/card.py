@@ -15,7 +15,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-CARD_FILE = "README.md"
+from .layout import CARD_FILE
+
 _METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MedkgeError
+from .layout import INFO_FILE, RESULTS_FILE
 
 EXIT_USER_ERROR = 2
 
@@ -343,7 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .evaluation import Metrics
     from .files import read_json
 
-    results = read_json(path / "results.json") if (path / "results.json").is_file() else {}
+    results = read_json(path / RESULTS_FILE) if (path / RESULTS_FILE).is_file() else {}
     print(f"run folder: {path}")
     if "test" in results:
         test = Metrics.from_dict(results["test"])
@@ -504,7 +505,7 @@ def cmd_crop(args: argparse.Namespace) -> int:
     cropped = source.crop(args.dim)
     with lock_folder(args.out, "medkge crop"), discard_on_failure(args.out):
         folder = cropped.save(args.out, overwrite=args.force, dtype=args.dtype)
-    info = json.loads((folder / "model.json").read_text())
+    info = json.loads((folder / INFO_FILE).read_text())
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

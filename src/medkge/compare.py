@@ -20,9 +20,9 @@ from typing import Any
 
 from .config import Config, MedConfig
 from .errors import MedkgeError
-from .files import atomic_write
+from .files import atomic_write, read_json
+from .layout import CONFIG_FILE, RESULTS_FILE
 from .model import DEFAULT_DIMS
-from .run import CONFIG_FILE, RESULTS_FILE, read_json
 
 METHOD_NAMES = {"med": "MED", "dt": "DT", "bkd": "BKD", "dualde": "DualDE"}
 

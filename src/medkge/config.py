@@ -18,10 +18,10 @@ from typing import Any, Literal
 import yaml
 
 from .errors import MedkgeError, brief, closest
+from .layout import CONFIG_FILE
 from .model import DEFAULT_DIMS
 from .scoring import MODELS, check_dims, get_interaction
 
-CONFIG_FILE = "config.yaml"  # in every run folder
 MAX_DIMS = 4096  # sub-models of one model (64 by default)
 MAX_WIDTH = 1 << 16  # coordinates of the widest sub-model
 

@@ -26,16 +26,24 @@ from typing import Any
 import torch
 
 from . import card, quantize
-from .card import CARD_FILE
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
-from .files import LOCK_FILE, MODEL_FILE, atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
+from .files import atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
 from .inference import DEFAULT_CACHE_BYTES, Funnel, Inference, Query, QueryError, Vocabulary, echo
+from .layout import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ENTITIES_FILE,
+    INFO_FILE,
+    LOCK_FILE,
+    MODEL_FILE,
+    RELATIONS_FILE,
+    VOCAB_FILES,
+)
 from .model import CroppableModel
-from .run import CONFIG_FILE, VOCAB_FILES, Run
+from .run import Run
 from .scoring import check_dims
 
-INFO_FILE = "model.json"
 CROPPED_FORMAT = "medkge-cropped-model"
 CROPPED_VERSION = 1
 _SUMMARY_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10")
@@ -483,8 +491,8 @@ class LabelledModel:
         dtype = quantize.check_dtype(dtype or self.dtype)
         folder = prepare_folder(out, overwrite, self.folder)
         quantize.save(folder / MODEL_FILE, self.model_for(self.dim), dtype)
-        write_vocab(folder / "entities.tsv", self.entities)
-        write_vocab(folder / "relations.tsv", self.relations)
+        write_vocab(folder / ENTITIES_FILE, self.entities)
+        write_vocab(folder / RELATIONS_FILE, self.relations)
         vocabularies = {name: sha256_file(folder / name) for name in VOCAB_FILES}
         checksums = {"sha256": sha256_file(folder / MODEL_FILE), "vocabulary_sha256": vocabularies}
         info = self.info(dtype) | checksums
@@ -602,8 +610,8 @@ def _load_cropped(folder: Path, device: str | torch.device, dataset: Any) -> Lab
     for name, recorded in [(MODEL_FILE, info.get("sha256")), *vocabularies.items()]:  # older folders: model only
         if name in (MODEL_FILE, *VOCAB_FILES) and recorded and sha256_file(folder / name) != recorded:
             raise MedkgeError(f"{folder / name}: does not match the checksum in {INFO_FILE} (modified or damaged)")
-    entities = read_vocab(folder / "entities.tsv")
-    relations = read_vocab(folder / "relations.tsv")
+    entities = read_vocab(folder / ENTITIES_FILE)
+    relations = read_vocab(folder / RELATIONS_FILE)
     source = info.get("source") if isinstance(info.get("source"), dict) else {}
     source = {k: v for k, v in source.items() if k != "path"}  # folders written before paths were left out
     recorded = {s: {model.dim: info[s]} for s in ("valid", "test") if isinstance(info.get(s), dict)}

@@ -42,10 +42,11 @@ from torch import Tensor
 from . import runtime
 from .evaluation import Metrics, Shard, evaluate
 from .files import FORMAT, FORMAT_VERSION, load_tensors, save_tensors, save_tensors_streamed
+from .layout import SHARDS_DIR, SHARDS_MANIFEST, rows_file
 from .model import CroppableModel
 from .optim import row_optimizer
 from .seeding import init_entity_rows
-from .stores import SHARDS_DIR, SHARDS_MANIFEST, EntityStore, remove_shards
+from .stores import EntityStore, remove_shards
 
 _HEARTBEAT = 1.0
 
@@ -242,7 +243,7 @@ class ShardedStore(EntityStore):
         """Each rank writes its rows of the kept model, then rank 0 the relation table and the list of shards
         (written last: it says which shards make the model)."""
         shards, rank = path.parent / SHARDS_DIR, self.cluster.rank
-        save_tensors(shards / f"rank-{rank}.safetensors", {"entity": self.table}, {"range": [self.lo, self.hi]})
+        save_tensors(rows_file(shards, rank), {"entity": self.table}, {"range": [self.lo, self.hi]})
         self.cluster.barrier()
         if rank == 0:
             ranges = [[a, b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
@@ -277,7 +278,7 @@ def _assemble(path: Path, shape: tuple[int, int, int]) -> None:
 
     def pieces():
         for rank in range(len(meta["ranges"])):
-            with safe_open(shards / f"rank-{rank}.safetensors", framework="pt") as handle:
+            with safe_open(rows_file(shards, rank), framework="pt") as handle:
                 yield handle.get_tensor("entity")
 
     tables = [("entity", torch.float32, list(shape), pieces())]

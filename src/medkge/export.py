@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from . import card, quantize
-from .card import CARD_FILE
 from .errors import MedkgeError
 from .files import atomic_write, write_json, write_vocab
+from .layout import CARD_FILE, ENTITIES_FILE, INFO_FILE, RELATIONS_FILE
 
 if TYPE_CHECKING:
     from .deploy import LabelledModel
@@ -93,12 +93,12 @@ def export(
         assert graph is not None
         atomic_write(folder / "model.onnx", graph.SerializeToString())
     if fmt != "tsv":
-        write_vocab(folder / "entities.tsv", small.entities)
-        write_vocab(folder / "relations.tsv", small.relations)
+        write_vocab(folder / ENTITIES_FILE, small.entities)
+        write_vocab(folder / RELATIONS_FILE, small.relations)
     info = small.info(dtype) | {"format": f"medkge-export-{fmt}", "layout": layout(cropped)}
     files = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
-    atomic_write(folder / CARD_FILE, card.render(info, info["training"], [*files, "model.json"]))
-    write_json(folder / "model.json", info)
+    atomic_write(folder / CARD_FILE, card.render(info, info["training"], [*files, INFO_FILE]))
+    write_json(folder / INFO_FILE, info)
     return folder
 
 

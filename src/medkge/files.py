@@ -25,14 +25,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import MedkgeError
+from .layout import LOCK_FILE
 
 try:
     import fcntl
 except ImportError:  # not a POSIX system: folders are not locked
     fcntl = None  # type: ignore[assignment]
 
-MODEL_FILE = "model.safetensors"
-LOCK_FILE = ".medkge.lock"  # in a folder a medkge command is writing, while it writes
 # A medkge header is a few hundred bytes; anything far larger is not one of ours.
 _MAX_HEADER = 1 << 20
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}

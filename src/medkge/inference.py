@@ -30,13 +30,14 @@ from torch import Tensor
 
 from .errors import MedkgeError
 from .evaluation import FilterIndex, unique_triples
+from .layout import ENTITIES_FILE, RELATIONS_FILE
 from .model import BlockScorer, CroppableModel
 from .scoring import Prefix, Side
 
 MAX_ECHO = 80  # characters of a user-given value repeated in an error message
 DEFAULT_CACHE_BYTES = 256 << 20
 CHUNK = 64  # queries scored at once: a [64, entities] block of scores
-_VOCAB_FILES = {"entity": "entities.tsv", "relation": "relations.tsv"}
+_VOCAB_FILES = {"entity": ENTITIES_FILE, "relation": RELATIONS_FILE}
 
 
 def echo(value: Any) -> str:

@@ -29,22 +29,28 @@ from .config import ALIASES, Config
 from .datasets import BUNDLED, Dataset, load_dataset, warn_unseen
 from .errors import MedkgeError, MedkgeWarning
 from .evaluation import Metrics
-from .files import MODEL_FILE, atomic_write, load_into, lock_folder, read_jsonl, read_vocab, write_json, write_vocab
+from .files import load_into, lock_folder, read_jsonl, read_vocab, write_json
+from .layout import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    ENTITIES_FILE,
+    LOG_FILE,
+    MODEL_FILE,
+    RELATIONS_FILE,
+    RESULTS_FILE,
+    TEACHER_FILE,
+    create_run_folder,
+    has_progress,
+    per_dim_checkpoint_path,
+    per_dim_model_path,
+    remove_run_start,
+    teacher_checkpoint_path,
+)
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
 from .optim import DEFAULT_LR
-from .run import (
-    CHECKPOINT_FILE,
-    CHECKPOINTS_DIR,
-    CONFIG_FILE,
-    LOG_FILE,
-    MODELS_DIR,
-    RESULTS_FILE,
-    Run,
-    model_checksums,
-    per_dim_model_path,
-)
+from .run import Run, model_checksums
 from .sampling import Batch
 from .stores import Comm, Local
 from .training import Objective, Trainer, TrainState, build_model, score_batch
@@ -196,9 +202,6 @@ def train_dualde(cfg: Config, dataset: Dataset, folder: Path, progress: bool, co
     return _train_per_dim(cfg, dataset, folder, fit, teacher_info)
 
 
-TEACHER_FILE = "teacher.safetensors"
-
-
 def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tuple[CroppableModel, dict[str, Any]]:
     """The teacher of the largest dim d_n and where it came from (with its training time).
 
@@ -223,7 +226,7 @@ def _teacher(cfg: Config, dataset: Dataset, folder: Path, progress: bool) -> tup
         model,
         _base_objective(cfg),
         model_path=folder / TEACHER_FILE,
-        checkpoint_path=folder / CHECKPOINTS_DIR / "teacher.safetensors",
+        checkpoint_path=teacher_checkpoint_path(folder),
         log_path=folder / LOG_FILE,
         seed=seed,
         tag="teacher",
@@ -287,14 +290,13 @@ def _per_dim_trainer(
     **options: Any,
 ) -> Trainer:
     """The trainer of the model of ``dim`` (index i) in a per-dim run, with its own seed and checkpoint."""
-    suffix = f".{stage}" if stage else ""
     return Trainer(
         cfg,
         dataset,
         model,
         objective,
         model_path=per_dim_model_path(folder, dim),
-        checkpoint_path=folder / CHECKPOINTS_DIR / f"dim_{dim}{suffix}.safetensors",
+        checkpoint_path=per_dim_checkpoint_path(folder, dim, stage),
         log_path=folder / LOG_FILE,
         seed=cfg.train.seed + i,
         tag=f"dim_{dim}{'/' + stage if stage else ''}",
@@ -411,16 +413,13 @@ def train(
             if restart:  # a start that failed or was killed before its first checkpoint: begin again
                 _say(progress, f"{folder}: its run never reached a first checkpoint; starting it again")
                 (folder / LOG_FILE).unlink(missing_ok=True)
-            write_vocab(folder / "entities.tsv", dataset.entities)
-            write_vocab(folder / "relations.tsv", dataset.relations)
-            atomic_write(folder / CONFIG_FILE, cfg.to_yaml())  # written last: its presence marks a run folder
+            create_run_folder(folder, cfg.to_yaml(), dataset.entities, dataset.relations)
 
         try:
             return _execute(cfg, dataset, folder, progress, comm, prepare)
         except Exception:
             if rank0 and not has_progress(folder):  # a failed start leaves no run folder (interrupted: --resume)
-                for name in (CONFIG_FILE, LOG_FILE, "entities.tsv", "relations.tsv"):
-                    (folder / name).unlink(missing_ok=True)
+                remove_run_start(folder)
             raise
 
 
@@ -443,8 +442,8 @@ def resume(path: str | Path, progress: bool = True, threads: int | None = None) 
         return Run.open(folder, cfg.train.device) if _rank() == 0 else None
     with _hold(folder, "medkge train --resume"):
         dataset = load_dataset(cfg.dataset, drop_unseen=cfg.drop_unseen)
-        if dataset.entities != read_vocab(folder / "entities.tsv") or dataset.relations != read_vocab(
-            folder / "relations.tsv"
+        if dataset.entities != read_vocab(folder / ENTITIES_FILE) or dataset.relations != read_vocab(
+            folder / RELATIONS_FILE
         ):
             raise MedkgeError(f"dataset {cfg.dataset!r} no longer matches the vocabularies of {folder}")
         try:
@@ -507,16 +506,6 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
             stacklevel=3,
         )
     return Plan(optimizer, lr, memory_plan)
-
-
-def has_progress(folder: Path) -> bool:
-    """Whether a run folder holds anything training produced (a checkpoint, a model, a log line, results)."""
-    files = [folder / CHECKPOINT_FILE, folder / MODEL_FILE, folder / TEACHER_FILE, folder / RESULTS_FILE]
-    if any(f.exists() for f in files):
-        return True
-    if any((folder / d).is_dir() and any((folder / d).iterdir()) for d in (CHECKPOINTS_DIR, MODELS_DIR)):
-        return True
-    return (folder / LOG_FILE).is_file() and (folder / LOG_FILE).stat().st_size > 0
 
 
 def _say(progress: bool, message: str) -> None:

@@ -9,37 +9,17 @@ from typing import Any
 import torch
 
 from . import runtime
-from .config import CONFIG_FILE, Config
+from .config import Config
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
 from .evaluation import Metrics, evaluate
-from .files import MODEL_FILE, check_model_file, load_model, read_json, read_jsonl, read_vocab, sha256_file
+from .files import check_model_file, load_model, read_json, read_jsonl, read_vocab, sha256_file
+from .layout import CONFIG_FILE, ENTITIES_FILE, LOG_FILE, RELATIONS_FILE, RESULTS_FILE, answer_files, model_files
 from .model import CroppableModel
-
-RESULTS_FILE = "results.json"
-LOG_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-MODELS_DIR = "models"
-CHECKPOINTS_DIR = "checkpoints"
-
 
 # Model files up to this size are checked against the sha256 that results.json recorded when the run
 # finished, every time a run is opened; larger ones (hashing 10 GB takes many seconds) by header only.
 VERIFY_MAX_BYTES = 2 << 30
-
-
-def per_dim_model_path(folder: Path, dim: int) -> Path:
-    return folder / MODELS_DIR / f"dim_{dim}.safetensors"
-
-
-VOCAB_FILES = ("entities.tsv", "relations.tsv")
-
-
-def answer_files(folder: Path) -> list[Path]:
-    """The files of a run folder that change its answers: the model files and the vocabularies (two labels
-    swapped in entities.tsv swap the predictions)."""
-    files = [folder / MODEL_FILE, *sorted((folder / MODELS_DIR).glob("dim_*.safetensors"))]
-    return [f for f in [*files, *(folder / name for name in VOCAB_FILES)] if f.is_file()]
 
 
 def model_checksums(folder: Path) -> dict[str, str]:
@@ -99,20 +79,17 @@ class Run:
         if not (folder / CONFIG_FILE).is_file():
             raise MedkgeError(f"{folder}: not a medkge run folder (no {CONFIG_FILE})")
         config = Config.from_run_folder(folder)
-        if (folder / MODEL_FILE).is_file():
-            files = [folder / MODEL_FILE]
-        else:
-            files = sorted((folder / MODELS_DIR).glob("dim_*.safetensors"))
-            if not files:
-                raise MedkgeError(f"{folder}: holds no trained model yet (is training still running? see --resume)")
+        files = model_files(folder)
+        if not files:
+            raise MedkgeError(f"{folder}: holds no trained model yet (is training still running? see --resume)")
         for f in files:
             check_model_file(f)  # a damaged header gets its own message before the checksum's
         results = read_json(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
         check_checksums(folder, answer_files(folder), results.get("checksums"))
         device = runtime.resolve_device(str(device), "device")  # a missing GPU as one line, not torch's error
         models = [load_model(f, device) for f in files]
-        entities = read_vocab(folder / "entities.tsv")
-        relations = read_vocab(folder / "relations.tsv")
+        entities = read_vocab(folder / ENTITIES_FILE)
+        relations = read_vocab(folder / RELATIONS_FILE)
         for m in models:
             if (m.num_entities, m.num_relations) != (len(entities), len(relations)):
                 raise MedkgeError(f"{folder}: the model's tables do not match the vocabularies")

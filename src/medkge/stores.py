@@ -27,13 +27,9 @@ from torch import Tensor
 from .errors import MedkgeError
 from .evaluation import Metrics, evaluate
 from .files import check_model_file, load_tensors, save_model
+from .layout import SHARDS_DIR, SHARDS_MANIFEST, rows_file
 from .model import CroppableModel
 from .optim import RowOptimizer, TableAdam, row_optimizer
-
-# The kept model of a run on several processes: one file of rows per rank, and the relation table with the list
-# of shards (written last) in the manifest; rank 0 assembles them into the model file after training.
-SHARDS_DIR = "model-shards"
-SHARDS_MANIFEST = "relation.safetensors"
 
 
 class Comm(Protocol):
@@ -114,7 +110,7 @@ class EntityStore:
         manifest = path.parent / SHARDS_DIR / SHARDS_MANIFEST
         if manifest.is_file():  # written last: the shards it names are whole
             relation, meta = load_tensors(manifest, "medkge model shard")
-            sources = [(manifest.parent / f"rank-{r}.safetensors", "") for r in range(len(meta["ranges"]))]
+            sources = [(rows_file(manifest.parent, r), "") for r in range(len(meta["ranges"]))]
             ranges, table = meta["ranges"], relation["relation"]
         elif path.is_file():
             check_model_file(path)

@@ -29,6 +29,7 @@ from .datasets import Dataset
 from .errors import MedkgeError, MedkgeWarning
 from .evaluation import Metrics
 from .files import append_jsonl, load_tensors, read_jsonl, rewrite_jsonl, save_tensors, truncate_jsonl
+from .layout import checkpoint_rows_dir, rows_file
 from .losses import regularization
 from .model import CroppableModel
 from .optim import DEFAULT_LR, choose, dense_optimizer, rows_per_step
@@ -393,7 +394,7 @@ class Trainer:
         step_dir = rows_dir / f"step-{self.state.step}"
         inline: dict[str, Tensor] = {}
         if comm.world > 1:
-            save_tensors(step_dir / f"rank-{comm.rank}.safetensors", rows, {"range": ranges[comm.rank]})
+            save_tensors(rows_file(step_dir, comm.rank), rows, {"range": ranges[comm.rank]})
             comm.barrier()  # every rank's rows are on disk before rank 0's file points at them
         else:
             inline = {f"rows.{k}": v for k, v in rows.items()}
@@ -435,7 +436,7 @@ class Trainer:
                 sources = [(self.checkpoint_path, "rows.")]
             else:
                 step_dir = checkpoint_rows_dir(self.checkpoint_path) / f"step-{where['step']}"
-                sources = [(step_dir / f"rank-{r}.safetensors", "") for r in range(len(where["ranges"]))]
+                sources = [(rows_file(step_dir, r), "") for r in range(len(where["ranges"]))]
             rows = self.store.state_tensors()
             read_rows(sources, where["ranges"], self.store.lo, rows)
             self.store.load_state_tensors(rows)
@@ -475,11 +476,6 @@ def schedule(kind: str, step: int, total_steps: int) -> float:
     if kind == "step":
         return 0.1 if step >= total_steps // 2 else 1.0
     return 1.0
-
-
-def checkpoint_rows_dir(checkpoint_path: Path) -> Path:
-    """Where the processes of a distributed run write their rows of a checkpoint (``<checkpoint>.rows/``)."""
-    return checkpoint_path.with_name(checkpoint_path.stem + ".rows")
 
 
 def _remove_row_files(rows_dir: Path, keep: str | None) -> None:
