@@ -145,7 +145,7 @@ class TrainConfig:
     )
     lr: float | None = _opt(
         None,
-        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.001; row_adagrad 0.1: "
+        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.01; row_adagrad 0.1: "
         "docs/optimizers.md). A run folder records the rate it used",
         gt=0.0,
     )
