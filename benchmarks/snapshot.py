@@ -15,7 +15,8 @@ import torch
 import medkge
 from medkge.files import load_tensors
 from medkge.layout import CHECKPOINT_FILE
-from medkge.training import build_model
+from medkge.stores import read_rows
+from medkge.training import build_model, row_sources
 
 
 def main() -> None:
@@ -30,8 +31,8 @@ def main() -> None:
     tensors, meta = load_tensors(folder / CHECKPOINT_FILE, "checkpoint")
     state = ast.literal_eval(meta["state"]) if isinstance(meta.get("state"), str) else meta.get("state", {})
     model = build_model(config, dataset)
+    read_rows(row_sources(folder / CHECKPOINT_FILE, meta["rows"]), meta["rows"]["ranges"], 0, {"entity": model.entity})
     with torch.no_grad():
-        model.entity.copy_(tensors["model.entity"])
         model.relation.copy_(tensors["model.relation"])
     source = {
         "run": folder.resolve().name,

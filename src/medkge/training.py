@@ -432,13 +432,8 @@ class Trainer:
                 f"{where['optimizer']}; this run: {list(self.model.entity.shape)}, {self.optimizer_name})"
             )
         try:
-            if where["step"] is None:
-                sources = [(self.checkpoint_path, "rows.")]
-            else:
-                step_dir = checkpoint_rows_dir(self.checkpoint_path) / f"step-{where['step']}"
-                sources = [(rows_file(step_dir, r), "") for r in range(len(where["ranges"]))]
             rows = self.store.state_tensors()
-            read_rows(sources, where["ranges"], self.store.lo, rows)
+            read_rows(row_sources(self.checkpoint_path, where), where["ranges"], self.store.lo, rows)
             self.store.load_state_tensors(rows)
             with torch.no_grad():
                 self.model.relation.copy_(tensors["model.relation"])
@@ -535,3 +530,12 @@ def build_model(
     )
     model.fused_kernels = cfg.train.fused_kernels
     return model
+
+
+def row_sources(checkpoint: Path, where: dict[str, Any]) -> list[tuple[Path, str]]:
+    """The files holding a checkpoint's entity rows and the prefix of their tensors' names, one per writing
+    process (``where``: the checkpoint's ``rows`` metadata); ``stores.read_rows`` reads them into any range."""
+    if where["step"] is None:  # one process: the rows are in the checkpoint itself
+        return [(checkpoint, "rows.")]
+    step_dir = checkpoint_rows_dir(checkpoint) / f"step-{where['step']}"
+    return [(rows_file(step_dir, r), "") for r in range(len(where["ranges"]))]
