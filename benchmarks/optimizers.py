@@ -3,6 +3,7 @@
     python benchmarks/optimizers.py grid --datasets kinships,umls            # validation MRR per optimiser and lr
     python benchmarks/optimizers.py compare --datasets kinships,umls,wn18rr --seeds 2   # each at its default lr
     python benchmarks/optimizers.py ranks --datasets kinships,wn18rr         # torchrun, 2 ranks, against 1 process
+    python benchmarks/optimizers.py compare --datasets wn18rr --dims 10:160:10 --seeds 0   # a cheaper WN18RR
 
 MED RotatE, sub-models 10, 20, ..., 640, every run with the same options but the one compared: the settings of
 ``SETTINGS`` per dataset (the docs/results budgets: Kinships and UMLS 50 epochs at Adam's lr 0.01, WN18RR
@@ -10,8 +11,10 @@ MED RotatE, sub-models 10, 20, ..., 640, every run with the same options but the
 ``GRID`` (seed 0; sub-models 10..160, ``--dims``, to keep it cheap) and prints validation MRR: how the
 optimisers' default rates (optim.DEFAULT_LR) were chosen. ``compare`` leaves ``train.lr`` unset, so that each
 optimiser runs at its own default, and prints test MRR at 10 / 40 / 160 / 640 (mean over the seeds) beside
-dense Adam's. ``ranks`` trains the same options in one
-process and on 2 torchrun ranks (gloo, 127.0.0.1, one thread each) and prints both.
+dense Adam's. ``ranks`` trains the same options in one process and on 2 torchrun ranks (gloo, 127.0.0.1, one
+thread each) and prints both (``RANKS``: the setting per dataset; ``--optimizers adam,row_adagrad:0.1`` names
+the optimisers, each at the dataset's rate or at the one given). ``--dims`` and ``--epochs`` replace a
+dataset's sub-models and budget (a narrower model: a cheaper run; its name says so).
 
 Runs go to ``runs/optimizers/<dataset>-<what>-seed<s>``; finished ones are reused, interrupted ones resumed, and
 each run's record (config.yaml, results.json, metrics.jsonl) is copied to ``--results`` (docs/results/optimizers),
@@ -110,15 +113,17 @@ def cell(value: float | None, reference: float | None = None) -> str:
 
 def grid(args: argparse.Namespace) -> None:
     for dataset in args.datasets:
-        dims = medkge.Config().with_overrides({"model.dims": args.dims}).model.dims
+        dims = expand(args.dims or "10:160:10")
         shown, width = [d for d in SHOWN if d in dims], dims[-1]
-        print(f"\n### {dataset}: validation MRR at {' / '.join(map(str, shown))} and the mean over dims {args.dims}\n")
+        print(f"\n### {dataset}: validation MRR at {' / '.join(map(str, shown))} and the mean over dims {dims[-1]}\n")
         print(
             "| optimizer | lr | " + " | ".join(map(str, shown)) + " | mean |\n|---|---:|" + "---:|" * (len(shown) + 1)
         )
         for optimizer in OPTIMIZERS:
             for lr in GRID[optimizer]:
-                opts = options(dataset, 0, args.threads, args.dims, **{"train.optimizer": optimizer, "lr": lr})
+                opts = options(
+                    dataset, 0, args.threads, args.dims or "10:160:10", **{"train.optimizer": optimizer, "lr": lr}
+                )
                 r = train(f"{dataset}-{optimizer}-lr{lr:g}-width{width}-seed0", opts, args)
                 if r is None:
                     continue
@@ -130,43 +135,67 @@ def grid(args: argparse.Namespace) -> None:
 
 def compare(args: argparse.Namespace) -> None:
     for dataset in args.datasets:
-        print(f"\n### {dataset}: test MRR at {' / '.join(map(str, SHOWN))}, mean of seeds {args.seeds}\n")
-        print("| optimizer | lr | " + " | ".join(map(str, SHOWN)) + " |\n|---|---:|" + "---:|" * len(SHOWN))
-        reference: list[float | None] = [None] * len(SHOWN)
+        dims = expand(args.dims or "10:640:10")
+        shown = [d for d in SHOWN if d in dims]
+        epochs = args.epochs or SETTINGS[dataset]["epochs"]
+        width = "" if dims[-1] == 640 else f"-width{dims[-1]}"
+        length = "" if epochs == SETTINGS[dataset]["epochs"] else f"-{epochs}epochs"
+        print(f"\n### {dataset}: test MRR at {' / '.join(map(str, shown))}, {epochs} epochs, seeds {args.seeds}\n")
+        print("| optimizer | lr | " + " | ".join(map(str, shown)) + " |\n|---|---:|" + "---:|" * len(shown))
+        reference: list[float | None] = [None] * len(shown)
         for optimizer in OPTIMIZERS:
             runs = []
             for seed in args.seeds:
-                opts = options(dataset, seed, args.threads, **{"train.optimizer": optimizer, "lr": None})
-                runs.append(train(f"{dataset}-{optimizer}-default-seed{seed}", opts, args))
-            values = [mean([mrr(r, "test", d) for r in runs]) for d in SHOWN]
+                change = {"train.optimizer": optimizer, "lr": None, "epochs": epochs, "eval_every": epochs}
+                opts = options(dataset, seed, args.threads, args.dims or "10:640:10", **change)
+                runs.append(train(f"{dataset}-{optimizer}-default{width}{length}-seed{seed}", opts, args))
+            values = [mean([mrr(r, "test", d) for r in runs]) for d in shown]
             if optimizer == "adam":
                 reference = values
-            shown = " | ".join(
+            row = " | ".join(
                 cell(v, None if optimizer == "adam" else ref) for v, ref in zip(values, reference, strict=True)
             )
-            print(f"| {optimizer} | {DEFAULT_LR[optimizer]:g} (default) | {shown} |", flush=True)
+            print(f"| {optimizer} | {DEFAULT_LR[optimizer]:g} (default) | {row} |", flush=True)
 
 
-# The issue's own comparison on Kinships (issue 31): dims 10, 20, 40, 60 epochs, lr 0.01, seed 3
-RANKS = {"kinships": {"dims": "10,20,40", "epochs": 60, "eval_every": 60, "seed": 3}}
+# The issue's own comparison on Kinships (issue 31): dims 10, 20, 40, 60 epochs, lr 0.01, seed 3. WN18RR: the
+# sub-models up to 160 for 10 epochs (a 2-core machine's budget; --dims and --epochs change it)
+RANKS: dict[str, dict[str, Any]] = {
+    "kinships": {"dims": "10,20,40", "epochs": 60, "seed": 3},
+    "wn18rr": {"dims": "10:160:10", "epochs": 10, "seed": 0},
+}
+
+
+def expand(dims: str) -> list[int]:
+    return medkge.Config().with_overrides({"model.dims": dims}).model.dims
 
 
 def ranks(args: argparse.Namespace) -> None:
     for dataset in args.datasets:
-        changes = RANKS.get(dataset, {})
-        shown = [int(d) for d in str(changes.get("dims", "")).split(",") if d] or list(SHOWN)
-        seed = changes.get("seed", 0)
-        print(f"\n### {dataset}: test MRR at {' / '.join(map(str, shown))}, seed {seed}, one process and 2 ranks\n")
+        changes = dict(RANKS.get(dataset, {}))
+        seed = changes.pop("seed", 0)
+        changes["dims"] = args.dims or changes.get("dims", "10:640:10")
+        changes["epochs"] = args.epochs or changes.get("epochs", SETTINGS[dataset]["epochs"])
+        changes["eval_every"] = changes["epochs"]
+        dims = expand(changes["dims"])
+        shown = dims if len(dims) <= 4 else [d for d in SHOWN if d in dims]
+        print(
+            f"\n### {dataset}: test MRR at {' / '.join(map(str, shown))}, dims {changes['dims']}, "
+            f"{changes['epochs']} epochs, seed {seed}, one process and 2 ranks\n"
+        )
         print(
             "| optimizer | lr | processes | "
             + " | ".join(map(str, shown))
             + " |\n|---|---:|---|"
             + "---:|" * len(shown)
         )
-        for optimizer in args.optimizers:
-            opts = options(dataset, seed, 1, **{"train.optimizer": optimizer, **changes})
-            one = train(f"{dataset}-{optimizer}-1process-seed{seed}", opts, args)
-            two = train(f"{dataset}-{optimizer}-2ranks-seed{seed}", opts, args, ranks=2)
+        for spec in args.optimizers:  # NAME or NAME:LR (another rate than the dataset's)
+            optimizer, _, rate = spec.partition(":")
+            lr_change = {"lr": float(rate)} if rate else {}
+            opts = options(dataset, seed, 1, **{"train.optimizer": optimizer, **changes, **lr_change})
+            tag = f"{dataset}-{optimizer}{'-lr' + rate if rate else ''}-width{dims[-1]}-{changes['epochs']}epochs"
+            one = train(f"{tag}-1process-seed{seed}", opts, args)
+            two = train(f"{tag}-2ranks-seed{seed}", opts, args, ranks=2)
             lr = opts["lr"]
             print(f"| {optimizer} | {lr:g} | 1 | " + " | ".join(cell(mrr(one, "test", d)) for d in shown) + " |")
             values = [cell(mrr(two, "test", d), mrr(one, "test", d)) for d in shown]
@@ -178,9 +207,15 @@ def main() -> None:
     p.add_argument("what", choices=("grid", "compare", "ranks"))
     p.add_argument("--datasets", type=lambda s: s.split(","), default=["kinships", "umls", "wn18rr"])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1], help="e.g. 0,1")
-    p.add_argument("--optimizers", type=lambda s: s.split(","), default=["adam"], help="ranks: which optimisers")
+    p.add_argument(
+        "--optimizers",
+        type=lambda s: s.split(","),
+        default=["adam"],
+        help="ranks: which optimisers, each NAME or NAME:LR",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads of a one-process run")
-    p.add_argument("--dims", default="10:160:10", help="grid: the sub-models (a narrower model: a cheaper grid)")
+    p.add_argument("--dims", help="the sub-models (default: grid 10:160:10, compare 10:640:10, ranks per dataset)")
+    p.add_argument("--epochs", type=int, help="instead of the dataset's budget (compare, ranks)")
     p.add_argument("--out", type=Path, default=Path("runs/optimizers"))
     p.add_argument("--results", type=Path, default=Path("docs/results/optimizers"))
     p.add_argument("--records-only", action="store_true", help="print the tables from the records, train nothing")
