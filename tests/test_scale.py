@@ -58,20 +58,23 @@ def test_lazy_adam_updates_the_touched_rows_by_the_formula_and_leaves_the_rest_a
         assert torch.equal(lazy.exp_avg[untouched], before[1]) and torch.equal(lazy.exp_avg_sq[untouched], before[2])
 
 
-def test_row_adagrad_equals_its_formula():
+@pytest.mark.parametrize("dims", [None, [1, 3, 4]])
+def test_row_adagrad_equals_its_formula(dims):
     g = torch.Generator().manual_seed(2)
     table = torch.randn(5, 2, 4, generator=g)
-    expected, state = table.clone().double(), torch.zeros(5, dtype=torch.float64)
-    adagrad = RowAdagrad(table)
+    blocks = [(0, 4)] if dims is None else [(0, 1), (1, 3), (3, 4)]  # a croppable model's sub-model blocks
+    expected, state = table.clone().double(), torch.zeros(5, len(blocks), dtype=torch.float64)
+    adagrad = RowAdagrad(table, dims)
     for touched in ([1, 2], [2, 4], [0, 2]):
         rows = torch.tensor(touched)
         grad = torch.randn(len(rows), 2, 4, generator=g)
         untouched = [i for i in range(5) if i not in touched]
         before, before_state = table[untouched].clone(), adagrad.state_sum[untouched].clone()
         adagrad.step(rows, grad, 0.1)
-        for j, i in enumerate(touched):  # state[row] += mean(g^2); row -= lr g / (sqrt(state) + eps)
-            state[i] += grad[j].double().square().mean()
-            expected[i] -= 0.1 * grad[j].double() / (state[i].sqrt() + 1e-8)
+        for j, i in enumerate(touched):  # state[row, b] += mean(g_b^2); g_b -= lr g_b / (sqrt(state[row, b]) + eps)
+            for b, (lo, hi) in enumerate(blocks):
+                state[i, b] += grad[j, :, lo:hi].double().square().mean()
+                expected[i, :, lo:hi] -= 0.1 * grad[j, :, lo:hi].double() / (state[i, b].sqrt() + 1e-8)
         torch.testing.assert_close(table.double(), expected, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(adagrad.state_sum.double(), state, rtol=1e-6, atol=0)
         assert torch.equal(table[untouched], before) and torch.equal(adagrad.state_sum[untouched], before_state)

@@ -136,7 +136,7 @@ class TrainConfig:
     optimizer: Literal["auto", "adam", "sparse_adam", "row_adagrad"] = _opt(
         "auto",
         "entity table optimiser: adam (dense, fused), sparse_adam (Adam on the rows a step touches), row_adagrad "
-        "(one accumulator per row, PyTorch-BigGraph's); auto: adam on small graphs, sparse_adam on large ones, "
+        "(one accumulator per row and sub-model block); auto: adam on small graphs, sparse_adam on large ones, "
         "row_adagrad where Adam's state does not fit (benchmarks/scale.py). Every path (one process or many) runs "
         "every optimiser; a named one is never replaced",
     )
@@ -145,7 +145,7 @@ class TrainConfig:
     )
     lr: float | None = _opt(
         None,
-        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.01; row_adagrad 0.1: "
+        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.01; row_adagrad 0.03: "
         "docs/optimizers.md). A run folder records the rate it used",
         gt=0.0,
     )

@@ -196,7 +196,7 @@ class ShardedStore(EntityStore):
         self.cuts = torch.tensor(self.bounds[1:-1], dtype=torch.long, device=cluster.device)
         self.table = torch.empty(self.hi - self.lo, parts, width, device=cluster.device)
         init_entity_rows(self.table, self.lo, rows, seed, model.init_scale)
-        self.updater = row_optimizer(optimizer, self.table, fused)
+        self.updater = row_optimizer(optimizer, self.table, fused, dims=list(model.dims))
         self._step: tuple[Tensor, Tensor, list[int], list[int]] | None = None
 
     def _ask(self, ids: Tensor) -> tuple[Tensor, Tensor, list[int], list[int]]:

@@ -79,7 +79,8 @@ def estimate(cfg: Config, dataset: Dataset, optimizer: str, world: int = 1) -> d
     elif optimizer == "sparse_adam":
         state = 2 * entity + 3 * relation
     else:
-        state = math.ceil(entities / world) * _FLOAT + 2 * relation
+        blocks = sum(1 for d in cfg.model.dims if d <= width) if cfg.method == "med" else 1  # one per sub-model
+        state = math.ceil(entities / world) * blocks * _FLOAT + 2 * relation
     if cfg.method == "dualde":  # stage 2 trains the teacher densely too
         state += 3 * (entity + relation)
     parts["optimizer state"] = state
@@ -170,7 +171,9 @@ def _advice(cfg: Config, result: MemoryEstimate) -> str:
     else:
         big = max(("optimizer state", "step buffers"), key=parts.__getitem__)
         if big == "optimizer state" and result.optimizer != "row_adagrad":
-            advice.append("use train.optimizer=row_adagrad (one float per entity instead of Adam's two per coordinate)")
+            advice.append(
+                "use train.optimizer=row_adagrad (a float per entity and sub-model, not Adam's two per coordinate)"
+            )
         elif not cfg.train.shared_negatives:
             advice.append("share negatives (train.shared_negatives=64) or lower train.batch_size / train.negatives")
         else:

@@ -46,12 +46,13 @@ def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = T
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
-# The learning rate each entity optimiser gets where train.lr is not set: the best mean validation MRR of
-# `benchmarks/optimizers.py grid` on Kinships and UMLS (MED RotatE, 50 epochs; docs/optimizers.md), where the
-# three are then within 0.002 of each other. Adam's step moves a coordinate by about lr whatever its gradient's
-# scale; Adagrad's shrinks as a row's squared gradients add up, so it starts larger (PyTorch-BigGraph: 0.1).
-# The paper's 0.001 fits its 3000-epoch budget, not tens of epochs (0.643 against 0.741 on Kinships).
-DEFAULT_LR = {"adam": 0.01, "sparse_adam": 0.01, "row_adagrad": 0.1}
+# The learning rate each entity optimiser gets where train.lr is not set (docs/optimizers.md). Adam's and lazy
+# Adam's: the best mean validation MRR of `benchmarks/optimizers.py grid` on Kinships and UMLS (MED RotatE, 50
+# epochs); the paper's 0.001 fits its 3000-epoch budget, not tens of epochs (0.643 against 0.741 on Kinships).
+# Adam's step moves a coordinate by about lr whatever its gradient's scale; Adagrad's shrinks as a row's squared
+# gradients add up, so it starts larger: row-wise Adagrad with its blocks did best at 0.03 at full width on
+# both datasets (0.1, PyTorch-BigGraph's default, lost 0.015-0.16 at 10 dims).
+DEFAULT_LR = {"adam": 0.01, "sparse_adam": 0.01, "row_adagrad": 0.03}
 
 
 def rows_per_step(batch_size: int, negatives: int, shared_negatives: int = 0) -> int:
@@ -165,34 +166,45 @@ class LazyAdam(RowOptimizer):
 
 
 class RowAdagrad(RowOptimizer):
-    """Row-wise Adagrad: ``state[row] += mean(g_row ** 2)``, ``row -= lr * g_row / (sqrt(state[row]) + eps)``
-    (fbgemm's EXACT_ROWWISE_ADAGRAD; PyTorch-BigGraph's RowAdagrad)."""
+    """Row-wise Adagrad, one accumulator per row and per block of coordinates: ``state[row, b] += mean(g ** 2)``
+    over block b's coordinates, ``row -= lr * g / (sqrt(state[row, b]) + eps)``. With one block it is fbgemm's
+    EXACT_ROWWISE_ADAGRAD and PyTorch-BigGraph's RowAdagrad; a croppable model uses its sub-models' blocks
+    ``[d_(i-1), d_i)``: a prefix takes part in every sub-model's loss, so its gradients are far larger than the
+    tail's, and one accumulator for the whole row would starve the tail (docs/optimizers.md)."""
 
-    def __init__(self, table: Tensor, eps: float = 1e-8):
+    def __init__(self, table: Tensor, dims: list[int] | None = None, eps: float = 1e-8):
         super().__init__(table)
         self.eps = eps
-        self.state_sum = torch.zeros(table.shape[0], dtype=torch.float32, device=table.device)
+        width = table.shape[-1]
+        ends = [d for d in (dims or [width]) if d <= width] or [width]
+        ends[-1] = width
+        sizes = torch.tensor([b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)], dtype=torch.long)
+        self.block_of = torch.repeat_interleave(torch.arange(len(ends)), sizes).to(table.device)
+        self.block_size = sizes.float().to(table.device) * (table[0].numel() // width)  # coordinates per block
+        self.state_sum = torch.zeros(table.shape[0], len(ends), dtype=torch.float32, device=table.device)
 
     @torch.no_grad()
     def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
-        mean_square = grad.reshape(len(rows), -1).float().square().mean(1)
-        state = self.state_sum.index_select(0, rows).add_(mean_square)
+        square = grad.reshape(len(rows), -1, grad.shape[-1]).float().square().sum(1)  # [rows, width]
+        blocks = torch.zeros(len(rows), len(self.block_size), device=grad.device).index_add_(1, self.block_of, square)
+        state = self.state_sum.index_select(0, rows).add_(blocks / self.block_size)
         self.state_sum.index_copy_(0, rows, state)
-        scale = state.sqrt_().add_(self.eps).reciprocal_().mul_(-lr).to(grad.dtype)
-        self.table.index_add_(0, rows, grad * scale.view(-1, *([1] * (grad.ndim - 1))))
+        scale = state.sqrt_().add_(self.eps).reciprocal_().mul_(-lr).index_select(1, self.block_of).to(grad.dtype)
+        self.table.index_add_(0, rows, grad * scale.view(len(rows), *([1] * (grad.ndim - 2)), -1))
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {"state_sum": self.state_sum}
 
 
-def row_optimizer(name: str, table: Tensor, fused: bool = True) -> RowOptimizer:
-    """The entity table's optimiser ``name`` (adam, sparse_adam, row_adagrad) over ``table``."""
+def row_optimizer(name: str, table: Tensor, fused: bool = True, dims: list[int] | None = None) -> RowOptimizer:
+    """The entity table's optimiser ``name`` (adam, sparse_adam, row_adagrad) over ``table``; ``dims``: the
+    sub-models, whose blocks row-wise Adagrad keeps an accumulator for each."""
     if name == "adam":
         return TableAdam(table, fused=fused)
     if name == "sparse_adam":
         return LazyAdam(table)
     if name == "row_adagrad":
-        return RowAdagrad(table)
+        return RowAdagrad(table, dims)
     raise ValueError(f"not a row-wise optimiser: {name!r}")
 
 

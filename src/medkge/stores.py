@@ -140,7 +140,11 @@ class LocalStore(EntityStore):
         self.dense = optimizer == "adam"
         # no table-sized gradient for a row optimiser: the batch's rows are gathered into a leaf per step
         model.entity.requires_grad_(self.dense)
-        self.updater = TableAdam(model.entity, fused) if self.dense else row_optimizer(optimizer, model.entity.data)
+        self.updater = (
+            TableAdam(model.entity, fused)
+            if self.dense
+            else row_optimizer(optimizer, model.entity.data, dims=list(model.dims))
+        )
         self._touched: tuple[Tensor, Tensor] | None = None
 
     def gather(self, ids: Tensor) -> tuple[Tensor | None, Callable[[Tensor], Tensor] | None]:
