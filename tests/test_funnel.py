@@ -187,7 +187,9 @@ def test_the_index_finds_the_exact_neighbours_on_a_small_graph():
     assert labelled.similar(5, k=10, dim=8).meta["method"] == "exact"  # no index at dim 8
     assert labelled.similar(5, k=10, dim=16, funnel="8:100").meta["method"] == "funnel 8:100"
     # where no index is built, the server's default funnel (from 1M entities up) answers /similar
-    assert default_funnel(999_999, [10, 20]) is None and default_funnel(2_000_000, [10, 20, 40]) == Funnel(20, 10_000)
+    assert default_funnel(999_999, [10, 20]) is None
+    assert default_funnel(2_000_000, [10, 20, 40, 80]) == Funnel(40, 10_000)
+    assert default_funnel(2_000_000, [10, 20]) == Funnel(20, 10_000)  # no sub-model of 40 dims or more: the widest
     assert default_k(40_943) == 205 and default_k(1000) == 200
     labelled.inference.similar_funnel = Funnel(8, 100)
     assert labelled.similar(5, k=10, dim=12).meta["method"] == "funnel 8:100"

@@ -303,19 +303,20 @@ def score_own(scorer: BlockScorer, side: Side, anchors: Tensor, relations: Tenso
 
 
 def default_k(num_entities: int) -> int:
-    """The shortlist of the default funnel: 0.5 % of the entities, at least 200 (docs/serving.md: on WN18RR,
-    the 20-d prefix shortlisting 200 kept filtered MRR at 640 dims within 0.001 of exact or above it)."""
+    """The shortlist of the default funnel: 0.5 % of the entities, at least 200 (docs/serving.md: the 40-d
+    prefix shortlisting 200 kept filtered MRR at 640 dims within 0.003 of exact on WN18RR and FB15k-237)."""
     return max(200, -(-num_entities // 200))
 
 
 def default_funnel(num_entities: int, trained_dims: Sequence[int]) -> Funnel | None:
-    """The default funnel D:K: D the smallest trained dim from 20 up (the 10-d sub-model is the last to train
-    well), K :func:`default_k`. /similar uses it where no index is built from 1M entities up (where brute
-    force at the full dim costs ~1 s a query here); None below, where exact is cheap enough."""
+    """The default funnel D:K: D the smallest trained dim from 40 up (20 lost 0.006 MRR on FB15k-237; the
+    10-d sub-model is the last to train well), K :func:`default_k`. /similar uses it where no index is built
+    from 1M entities up (where brute force at the full dim costs ~1 s a query here); None below, where exact
+    is cheap enough."""
     if num_entities < 1_000_000 or not trained_dims:
         return None
     dims = sorted(trained_dims)
-    return Funnel(next((d for d in dims if d >= 20), dims[-1]), default_k(num_entities))
+    return Funnel(next((d for d in dims if d >= 40), dims[-1]), default_k(num_entities))
 
 
 class Inference:
