@@ -79,8 +79,7 @@ def estimate(cfg: Config, dataset: Dataset, optimizer: str, world: int = 1) -> d
     elif optimizer == "sparse_adam":
         state = 2 * entity + 3 * relation
     else:
-        blocks = sum(1 for d in cfg.model.dims if d <= width) if cfg.method == "med" else 1  # one per sub-model
-        state = math.ceil(entities / world) * blocks * _FLOAT + 2 * relation
+        state = math.ceil(entities / world) * n * _FLOAT + 2 * relation  # an accumulator per row and sub-model
     if cfg.method == "dualde":  # stage 2 trains the teacher densely too
         state += 3 * (entity + relation)
     parts["optimizer state"] = state

@@ -176,12 +176,10 @@ class RowAdagrad(RowOptimizer):
         super().__init__(table)
         self.eps = eps
         width = table.shape[-1]
-        ends = [d for d in (dims or [width]) if d <= width] or [width]
-        ends[-1] = width
-        sizes = torch.tensor([b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)], dtype=torch.long)
-        self.block_of = torch.repeat_interleave(torch.arange(len(ends)), sizes).to(table.device)
+        sizes = torch.diff(torch.tensor([0, *(dims or [width])]))  # a model's dims end at its width
+        self.block_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(table.device)
         self.block_size = sizes.float().to(table.device) * (table[0].numel() // width)  # coordinates per block
-        self.state_sum = torch.zeros(table.shape[0], len(ends), dtype=torch.float32, device=table.device)
+        self.state_sum = torch.zeros(table.shape[0], len(sizes), dtype=torch.float32, device=table.device)
 
     @torch.no_grad()
     def step(self, rows: Tensor, grad: Tensor, lr: float) -> None:
