@@ -36,8 +36,7 @@ import medkge
 from medkge.compare import MethodSummary, compare, method_label, method_settings, summarize
 from medkge.config import Config
 from medkge.layout import CONFIG_FILE, LOG_FILE, RESULTS_FILE
-from medkge.methods import make_config, recorded_dataset
-from medkge.optim import DEFAULT_LR
+from medkge.methods import make_config, optimizer_lr, recorded_dataset
 
 DIMS = [10, 20, 40, 80, 160, 320, 640]
 # Per dataset: the options every method shares, the dims DT and the distillations train, the methods and
@@ -179,7 +178,7 @@ def check_settings(folder: Path, options: dict[str, Any]) -> None:
     if wanted.train.optimizer == "auto":  # a run folder records the optimiser auto chose
         wanted.train.optimizer = have.train.optimizer
     if wanted.train.lr is None:  # and the learning rate an unset train.lr resolved to
-        wanted.train.lr = DEFAULT_LR[wanted.train.optimizer]
+        wanted.train.lr = optimizer_lr(wanted, medkge.load_dataset(wanted.dataset), wanted.train.optimizer)
     old, new = method_settings(have), method_settings(wanted)
     old["train.seed"], new["train.seed"] = have.train.seed, wanted.train.seed
     changed = [

@@ -120,6 +120,24 @@ def test_an_unset_learning_rate_is_the_optimisers_own_and_auto_says_when_it_leav
         assert memory.plan(named, ds, torch.device("cpu")).optimizer == optimizer
 
 
+def test_row_adagrads_default_rate_falls_with_how_often_a_step_touches_a_row(tmp_path):
+    from medkge.optim import default_lr, rows_per_step
+
+    rows = rows_per_step(1024, 64)
+    assert default_lr("adam", 104, rows) == default_lr("adam", 10**6, rows) == 0.01  # Adam's does not depend on it
+    assert default_lr("row_adagrad", 40_943, rows) == 0.1  # WN18RR: 1.65 rows per entity, PyTorch-BigGraph's 0.1
+    assert default_lr("row_adagrad", 2_000_000, rows) == 0.1
+    assert default_lr("row_adagrad", 135, rows) == 0.03  # UMLS: 500 touches a step
+    assert default_lr("row_adagrad", 104, rows) == 0.028  # Kinships: 650
+    rates = [default_lr("row_adagrad", n, rows) for n in (14, 104, 1000, 10_000, 16_896, 40_943)]
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    # one process resolves it in the pre-flight, a Trainer built directly the same way; the run records it
+    run = train_tiny(tmp_path / "run", dims=[4, 8], epochs=1, eval_every=0, **{"train.optimizer": "row_adagrad"})
+    cfg = run.config.train
+    expected = default_lr("row_adagrad", 14, rows_per_step(cfg.batch_size, cfg.negatives, cfg.shared_negatives))
+    assert expected < 0.1 and run.results()["lr"] == cfg.lr == expected
+
+
 def test_sparse_adam_trains_the_model_dense_adam_trains_when_every_step_touches_every_row(tmp_path):
     """Nations has 14 entities: each batch reads all of them, so lazy and dense Adam make the same updates."""
     options = {"dims": [4, 8], "epochs": 2, "eval_every": 0, "train.threads": 1}

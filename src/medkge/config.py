@@ -145,8 +145,8 @@ class TrainConfig:
     )
     lr: float | None = _opt(
         None,
-        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.01; row_adagrad 0.03: "
-        "docs/optimizers.md). A run folder records the rate it used",
+        "learning rate; null: the entity optimiser's own default (adam, sparse_adam 0.01; row_adagrad 0.1, lower "
+        "where a step touches each entity many times: docs/optimizers.md). A run folder records the rate it used",
         gt=0.0,
     )
     lr_schedule: Literal["linear", "step", "constant"] = _opt(

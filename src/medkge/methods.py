@@ -49,7 +49,7 @@ from .layout import (
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
-from .optim import DEFAULT_LR
+from .optim import default_lr, rows_per_step
 from .run import Run, model_checksums
 from .sampling import Batch
 from .stores import Comm, Local
@@ -491,7 +491,8 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
         open_teacher_run(cfg, dataset)
     memory_plan = memory.plan(cfg, dataset, device, world=world)
     optimizer = memory_plan.optimizer
-    lr = cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[optimizer]
+    own_lr = optimizer_lr(cfg, dataset, optimizer)
+    lr = cfg.train.lr if cfg.train.lr is not None else own_lr
     where = f"per process of {world} " if world > 1 else ""
     _say(progress, f"memory {where}{memory_plan.describe()}")
     chosen = "" if cfg.train.optimizer == optimizer else f" (train.optimizer {cfg.train.optimizer})"
@@ -500,12 +501,19 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
     if cfg.train.optimizer == "auto" and cfg.train.lr is not None and optimizer != "adam":
         warnings.warn(
             f"train.optimizer auto chose {optimizer} ({memory_plan.reason}); train.lr {cfg.train.lr:g} is used as "
-            f"given, where {optimizer}'s own default is {DEFAULT_LR[optimizer]:g} (docs/optimizers.md): name the "
+            f"given, where {optimizer}'s own default is {own_lr:g} here (docs/optimizers.md): name the "
             "optimizer and its rate to silence this",
             MedkgeWarning,
             stacklevel=3,
         )
     return Plan(optimizer, lr, memory_plan)
+
+
+def optimizer_lr(cfg: Config, dataset: Dataset, optimizer: str) -> float:
+    """The learning rate entity optimiser ``optimizer`` gets on this run where ``train.lr`` is unset
+    (optim.default_lr: row-wise Adagrad's depends on how often a step touches each row)."""
+    tc = cfg.train
+    return default_lr(optimizer, dataset.num_entities, rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives))
 
 
 def _say(progress: bool, message: str) -> None:

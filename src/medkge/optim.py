@@ -49,10 +49,28 @@ def adam(params: list[dict[str, Any]] | list[Tensor], lr: float, fused: bool = T
 # The learning rate each entity optimiser gets where train.lr is not set (docs/optimizers.md). Adam's and lazy
 # Adam's: the best mean validation MRR of `benchmarks/optimizers.py grid` on Kinships and UMLS (MED RotatE, 50
 # epochs); the paper's 0.001 fits its 3000-epoch budget, not tens of epochs (0.643 against 0.741 on Kinships).
-# Adam's step moves a coordinate by about lr whatever its gradient's scale; Adagrad's shrinks as a row's squared
-# gradients add up, so it starts larger: row-wise Adagrad with its blocks did best at 0.03 at full width on
-# both datasets (0.1, PyTorch-BigGraph's default, lost 0.015-0.16 at 10 dims).
-DEFAULT_LR = {"adam": 0.01, "sparse_adam": 0.01, "row_adagrad": 0.03}
+# Row-wise Adagrad's depends on the graph: see default_lr.
+DEFAULT_LR = {"adam": 0.01, "sparse_adam": 0.01, "row_adagrad": 0.1}
+# Row-wise Adagrad's rate falls as the fourth root of how often a step touches each row, from 0.1 (PyTorch-
+# BigGraph's) where a step touches a row at most ROW_ADAGRAD_TOUCHES times on average.
+ROW_ADAGRAD_TOUCHES = 4.0
+
+
+def default_lr(optimizer: str, num_entities: int, rows_per_step: int) -> float:
+    """The learning rate of entity optimiser ``optimizer`` where ``train.lr`` is unset.
+
+    Adam's step moves a coordinate by about lr whatever its gradient's scale; Adagrad's by lr / sqrt(sum of the
+    row's squared gradients), so it depends on how clean a row's gradient is. On a small dense graph a step sums
+    hundreds of triples into each row (Kinships: 650 gathered rows per entity), its gradient is clean, and 0.1 is
+    too large (-0.16 MRR at 10 dims against 0.03); on a sparse one a step touches a row once or twice (WN18RR:
+    1.65), most of it is negative-sample noise, and 0.03 is far too small (-0.14 at 10 dims against 0.1). The
+    rule 0.1 * min(1, (4 / touches) ** 0.25) gives 0.028 on Kinships, 0.030 on UMLS, 0.1 on WN18RR and
+    FB15k-237 and on the large graphs row-wise Adagrad is for (docs/optimizers.md has the measurements)."""
+    if optimizer != "row_adagrad":
+        return DEFAULT_LR[optimizer]
+    touches = rows_per_step / max(num_entities, 1)
+    rate = DEFAULT_LR[optimizer] * min(1.0, (ROW_ADAGRAD_TOUCHES / touches) ** 0.25)
+    return float(f"{rate:.2g}")  # two significant digits: the rate a run folder records reads as one
 
 
 def rows_per_step(batch_size: int, negatives: int, shared_negatives: int = 0) -> int:

@@ -32,7 +32,7 @@ from .files import append_jsonl, load_tensors, read_jsonl, rewrite_jsonl, save_t
 from .layout import checkpoint_rows_dir, rows_file
 from .losses import regularization
 from .model import CroppableModel
-from .optim import DEFAULT_LR, choose, dense_optimizer, rows_per_step
+from .optim import choose, default_lr, dense_optimizer, rows_per_step
 from .run import eval_protocol
 from .sampling import Batch, NegativeSampler
 from .stores import Comm, Local, read_rows
@@ -132,10 +132,9 @@ class Trainer:
             subsampling=config.loss.subsampling,
         )
         # the pre-flight resolves both (memory.plan); a Trainer built directly resolves them the same way
-        self.optimizer_name = choose(
-            tc.optimizer, dataset.num_entities, rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives), True
-        )
-        self.lr = tc.lr if tc.lr is not None else DEFAULT_LR[self.optimizer_name]
+        rows = rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives)
+        self.optimizer_name = choose(tc.optimizer, dataset.num_entities, rows, True)
+        self.lr = tc.lr if tc.lr is not None else default_lr(self.optimizer_name, dataset.num_entities, rows)
         # the entity table's rows and their optimiser (stores.py); the relation table and the extra parameters
         # are small, replicated, and learn with the dense optimiser that goes with the entity one
         self.store = self.comm.entity_store(self.model, self.optimizer_name, self.seed, tc.fused_kernels)
