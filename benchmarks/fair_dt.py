@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import medkge
+from quality import finished, train_or_reuse
 
 # the budgets of docs/results (quality.py's SETTINGS for 30-epoch WN18RR, FB15k-237's RotatE settings)
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -35,7 +34,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "kinships": {"epochs": 50},
     "umls": {"epochs": 50},
 }
-RECORD_FILES = ("config.yaml", "results.json", "metrics.jsonl")
 
 
 def parse_grid(text: str, lrs: list[float]) -> dict[int, list[tuple[float, float]]]:
@@ -52,37 +50,29 @@ def parse_grid(text: str, lrs: list[float]) -> dict[int, list[tuple[float, float
 
 
 def run(dataset: str, dim: int, gamma: float, lr: float, args: argparse.Namespace) -> dict[str, Any] | None:
-    """The results of one DT model (trained, resumed or reused); None with --records-only and no record."""
+    """The results of one DT model (trained, resumed or reused through quality.py's ``train_or_reuse``, which
+    refuses a run made with other settings); None with --records-only and no finished run or record."""
     name = f"{dataset}-dt{dim}-gamma{gamma:g}-lr{lr:g}-seed{args.seed}"
     folder, record = args.out / name, args.results / "runs" / name
-    if args.records_only or (not folder.exists() and (record / "results.json").is_file()):
-        return json.loads((record / "results.json").read_text()) if (record / "results.json").is_file() else None
-    if not (folder / "results.json").is_file():
-        print(f"training {folder}", flush=True)
-        if (folder / "config.yaml").is_file():
-            medkge.resume(folder, progress=False)
-        else:
-            epochs = args.epochs or SETTINGS.get(dataset, {}).get("epochs", 30)
-            options = {
-                "dataset": dataset,
-                "model": "rotate",
-                **SETTINGS.get(dataset, {}),
-                "method": "dt",
-                "dims": [dim],
-                "gamma": gamma,
-                "model.gamma_scaling": "none",
-                "lr": lr,
-                "epochs": epochs,
-                "eval_every": max(1, epochs // 2),
-                "patience": 0,
-                "seed": args.seed,
-                "train.threads": args.threads,  # validation: the full filtered protocol (the default)
-            }
-            medkge.train(**options, out=folder, progress=False)
-    record.mkdir(parents=True, exist_ok=True)
-    for file in RECORD_FILES:
-        shutil.copyfile(folder / file, record / file)
-    return json.loads((folder / "results.json").read_text())
+    if args.records_only and not finished(folder, record):
+        return None
+    epochs = args.epochs or SETTINGS.get(dataset, {}).get("epochs", 30)
+    options = {
+        "dataset": dataset,
+        "model": "rotate",
+        **SETTINGS.get(dataset, {}),
+        "method": "dt",
+        "dims": [dim],
+        "gamma": gamma,
+        "model.gamma_scaling": "none",
+        "lr": lr,
+        "epochs": epochs,
+        "eval_every": max(1, epochs // 2),
+        "patience": 0,
+        "seed": args.seed,
+        "train.threads": args.threads,  # validation: the full filtered protocol (the default)
+    }
+    return json.loads((train_or_reuse(folder, record, **options) / "results.json").read_text())
 
 
 def metric(results: dict[str, Any], split: str, dim: int, key: str = "mrr") -> float:

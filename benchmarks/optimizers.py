@@ -105,10 +105,9 @@ def torchrun(ranks: int, opts: dict[str, Any], folder: Path) -> None:
     subprocess.run([*launcher, f"--master-port={port}", "-m", "medkge", *command], env=env, check=True)
 
 
-def default_rate(opts: dict[str, Any], optimizer: str) -> float:
-    """The learning rate ``optimizer`` gets on the run of ``opts`` where train.lr is unset."""
-    cfg = make_config(**{k: v for k, v in opts.items() if v is not None})
-    return optimizer_lr(cfg, medkge.load_dataset(cfg.dataset), optimizer)
+def default_rate(opts: dict[str, Any], optimizer: str, dataset: medkge.Dataset) -> float:
+    """The learning rate ``optimizer`` gets on the run of ``opts`` (on ``dataset``) where train.lr is unset."""
+    return optimizer_lr(make_config(**{k: v for k, v in opts.items() if v is not None}), dataset, optimizer)
 
 
 def mrr(results: dict[str, Any] | None, split: str, dim: int) -> float | None:
@@ -155,6 +154,7 @@ def compare(args: argparse.Namespace) -> None:
         epochs = args.epochs or SETTINGS[dataset]["epochs"]
         width = "" if dims[-1] == 640 else f"-width{dims[-1]}"
         length = "" if epochs == SETTINGS[dataset]["epochs"] else f"-{epochs}epochs"
+        data = medkge.load_dataset(dataset)  # the default rates depend on its entity count
         print(f"\n### {dataset}: test MRR at {' / '.join(map(str, shown))}, {epochs} epochs, seeds {args.seeds}\n")
         print("| optimizer | lr | " + " | ".join(map(str, shown)) + " |\n|---|---:|" + "---:|" * len(shown))
         reference: list[float | None] = [None] * len(shown)
@@ -163,7 +163,7 @@ def compare(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 change = {"train.optimizer": optimizer, "lr": None, "epochs": epochs, "eval_every": epochs}
                 opts = options(dataset, seed, args.threads, args.dims or "10:640:10", **change)
-                lr = default_rate(opts, optimizer)
+                lr = default_rate(opts, optimizer, data)
                 runs.append(train(f"{dataset}-{optimizer}-default{width}{length}-seed{seed}", opts, args, lr=lr))
             values = [mean([mrr(r, "test", d) for r in runs]) for d in shown]
             if optimizer == "adam":

@@ -4,7 +4,7 @@
     python benchmarks/scale.py steps                # s/step, triples/s, peak memory per size and optimiser
     python benchmarks/scale.py denormals            # the cost of subnormal floats, the flush, gamma 12 vs 6
     python benchmarks/scale.py quality --datasets wn18rr,fb15k237 --epochs 8   # shared negatives' effect
-    python benchmarks/scale.py quality --datasets 2m-4m --epochs 3 --dims 10,20,40   # optimisers at 2M entities
+    python benchmarks/scale.py quality --datasets 2m-4m --epochs 2 --dims 10,20,40   # optimisers at 2M entities
 
 The graphs come from benchmarks/synthetic.py (planted structure, power-law degrees), written once under
 ``--data`` (default /tmp/medkge-scale) and then loaded through medkge's own loader and cache. Every
@@ -306,7 +306,7 @@ def bench_quality(args: argparse.Namespace) -> None:
         rows = {}
         for optimizer, shared in variants:
             label = f"{optimizer}, " + (f"shared negatives ({shared} per chunk)" if shared else "own negatives")
-            # the folder names of the first runs, which spelt the optimiser out
+            # the folder names of the first runs (wn18rr, fb15k237 with dense Adam), which spelt the variant out
             tag = f"sharednegatives{shared}perchunk" if shared else "ownnegatives"
             folder = Path(args.out) / f"{name}-{tag}-{optimizer}"
             options = {
