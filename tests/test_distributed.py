@@ -58,7 +58,7 @@ def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 PARITY = [
     ("rotate", "adam", ["loss.subsampling=true", "train.lr_schedule=step", "model.gamma_scaling=sqrt"]),
     ("transe", "sparse_adam", ["loss.regularizer=n3", "loss.reg_weight=0.01", "train.corruption=bernoulli"]),
-    ("rotate", "row_adagrad", ["train.shared_negatives=16"]),
+    ("rotate", "row_adagrad", ["train.shared_negatives=16", "eval.valid_dims=8"]),
     ("distmult", "adam", ["train.filter_negatives=true", "loss.regularizer=l2", "loss.reg_weight=0.001"]),
 ]
 
@@ -89,6 +89,11 @@ def test_two_ranks_train_the_model_one_process_trains_and_each_holds_half_the_ro
     logged = [r["loss"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r["type"] == "epoch"]
     expected = [r["loss"] for r in read_jsonl(tmp_path / "one" / "metrics.jsonl") if r["type"] == "epoch"]
     assert logged == pytest.approx(expected, rel=1e-5)
+    validated = [
+        [sorted(r["dims"]) for r in read_jsonl(tmp_path / f / "metrics.jsonl") if r["type"] == "valid"]
+        for f in ("one", "two")
+    ]
+    assert validated[0] == validated[1] == [["8"] if "eval.valid_dims=8" in sets else ["4", "8"]] * 2
 
 
 @pytest.mark.parametrize("sets", [[], ["train.optimizer=row_adagrad", "train.shared_negatives=16"]])

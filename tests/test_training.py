@@ -87,6 +87,43 @@ def test_best_model_is_kept_and_patience_stops_early(tmp_path):
     assert results["valid"]["dims"]["4"]["mrr"] == pytest.approx(best["dims"]["4"]["mrr"])
 
 
+def test_validating_some_sub_models_stops_on_them_and_records_every_one(tmp_path):
+    """eval.valid_dims: the validations during training rank only those sub-models, early stopping and the
+    kept model follow them, and the kept model's validation of every sub-model is recorded once at the end."""
+    options = TINY | {"dims": "4:16:4", "epochs": 30, "lr": 1.0, "patience": 2}
+    run = medkge.train(
+        **options,
+        out=tmp_path / "run",
+        progress=False,
+        **{"train.lr_schedule": "constant", "eval.valid_dims": "16,4"},
+    )
+    results, valid = run.results(), [r for r in run.log() if r["type"] == "valid"]
+    assert run.config.eval.valid_dims == [4, 16] and all(sorted(r["dims"]) == ["16", "4"] for r in valid)
+    best = max(valid, key=lambda r: r["value"])
+    assert results["stopped_early"] and results["best_epoch"] == best["epoch"]
+    assert best["value"] == pytest.approx((best["dims"]["4"]["mrr"] + best["dims"]["16"]["mrr"]) / 2)
+    assert sorted(results["valid"]["dims"], key=int) == ["4", "8", "12", "16"]
+    for dim in ("4", "16"):  # the record's validation is the kept model's
+        assert results["valid"]["dims"][dim]["mrr"] == pytest.approx(best["dims"][dim]["mrr"])
+    assert run.evaluate("valid", dims=[8])[8]["mrr"] == pytest.approx(results["valid"]["dims"]["8"]["mrr"])
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10,30", r"eval.valid_dims: \[30\] not among model.dims"),
+        ([], r"eval.valid_dims is empty"),
+        ("a,b", r"eval.valid_dims: cannot read 'a,b' as dims"),
+    ],
+)
+def test_valid_dims_must_be_sub_models(value, message):
+    with pytest.raises(medkge.MedkgeError, match=message):
+        medkge.Config.from_dict({"model": {"dims": "10,20,40"}, "eval": {"valid_dims": value}})
+    metric = {"model.dims": "10,20,40", "eval.valid_dims": "10,40", "eval.metric": "mrr@20"}
+    with pytest.raises(medkge.MedkgeError, match=r"eval.metric 'mrr@20' reads a dim eval.valid_dims leaves out"):
+        medkge.Config().with_overrides(metric)
+
+
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "medkge", *args]
 

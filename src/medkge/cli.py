@@ -237,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dims", help="table rows (default: the dims every run has), e.g. 10,40,160,640")
     p.add_argument("--labels", help="comma-separated labels, one per run (default: from each run's config)")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("curves", help="validation quality and training loss against epoch, per dim, for runs")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, finished or still training")
+    p.add_argument("--out", metavar="DIR", help="write curves.md and curves.png here")
+    p.add_argument("--dims", help="the dims to show (default: 10, 40, 160, 640 of MED's 10:640:10), e.g. 10,20,40")
+    p.add_argument("--metric", default="mrr", help="a validation metric the runs logged: mrr (default), hits@10")
+    p.add_argument("--labels", help="comma-separated labels, one per run (default: the folders' names)")
+    p.set_defaults(handler=cmd_curves)
     return parser
 
 
@@ -644,6 +652,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(compare(args.runs, args.out, split=args.split, dims=dims, labels=labels), end="")
     if args.out:
         print(f"wrote comparison.md, comparison.csv and comparison.png to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from .curves import curves
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    dims = _parse_dims(args.dims) if args.dims else None
+    print(curves(args.runs, args.out, dims=dims, metric=args.metric, labels=labels), end="")
+    if args.out:
+        print(f"wrote curves.md and curves.png to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -328,13 +328,7 @@ def _duration(seconds: float) -> str:
 def plot(methods: list[MethodSummary], path: Path, split: str = "test") -> None:
     """MRR (left) and Hits@10 (right) against dimension, log-scale x axis, one line per method: the mean over
     its seeds, with error bars (a band for many dims) of one standard deviation."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MedkgeError("compare: the plot needs matplotlib (pip install 'medkge[plot]')") from None
+    plt = pyplot("compare")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     # label the dims of the methods with few dims (DT's); MED's 64 sub-models would crowd the axis
     few = [set(m.dims) for m in methods if len(m.dims) <= 12]
@@ -362,6 +356,25 @@ def plot(methods: list[MethodSummary], path: Path, split: str = "test") -> None:
         ax.set_ylabel(f"filtered {split} {title}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
+    save_png(fig, path)
+
+
+def pyplot(command: str) -> Any:
+    """matplotlib's pyplot on the file-only backend, or a one-line error naming ``command``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MedkgeError(f"{command}: the plot needs matplotlib (pip install 'medkge[plot]')") from None
+    return plt
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write a figure as a PNG (atomically) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

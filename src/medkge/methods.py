@@ -87,8 +87,10 @@ def train_med(cfg: Config, dataset: Dataset, folder: Path, progress: bool, comm:
     state = trainer.fit()
     summary = {**_summary(state), "valid": state.best_metrics}
     trainer.restore_kept()
-    if state.best_metrics is None:
+    if state.best_metrics is None or trainer.valid_dims is not None:  # never validated, or not every sub-model
+        started = time.perf_counter()
         summary["valid"] = trainer.evaluate("valid").to_dict()
+        summary["eval_seconds"] += time.perf_counter() - started
     if cfg.eval.test:
         started = time.perf_counter()
         summary["test"] = trainer.evaluate("test").to_dict()

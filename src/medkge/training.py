@@ -119,6 +119,9 @@ class Trainer:
         self.metric, self.metric_dim = parse_metric(config.eval.metric, config.model.dims)
         if self.metric_dim not in model.dims:  # a per-dim model (DT) stops on its own dim
             self.metric_dim = None
+        # the sub-models validated during training (a per-dim model: its own dim, whatever eval.valid_dims says)
+        chosen = [d for d in config.eval.valid_dims or [] if d in model.dims]
+        self.valid_dims: list[int] | None = chosen if chosen and chosen != list(model.dims) else None
         tc = config.train
         self.seed = tc.seed if seed is None else seed
         self.sampler = NegativeSampler(
@@ -282,12 +285,14 @@ class Trainer:
         return regularization(self.cfg.loss.regularizer, rows, complex_parts)
 
     # ---- validation and the kept model --------------------------------------------------------
-    def evaluate(self, split: str) -> Metrics:
-        """Filtered metrics of the model as it is now on ``split`` (the run's protocol for that split)."""
+    def evaluate(self, split: str, dims: list[int] | None = None) -> Metrics:
+        """Filtered metrics of the model as it is now on ``split`` (the run's protocol for that split), for
+        every sub-model or ``dims``."""
         return self.store.evaluate(
             self.model,
             self.dataset,
             split,
+            dims=dims,
             ties=self.cfg.eval.ties,
             memory_budget=self.cfg.eval.memory_budget,
             progress=self.progress,
@@ -305,7 +310,7 @@ class Trainer:
 
     def validate(self, epoch: int) -> Metrics:
         started = time.perf_counter()
-        metrics = self.evaluate("valid")
+        metrics = self.evaluate("valid", self.valid_dims)
         self.state.eval_seconds += time.perf_counter() - started
         value = metrics.mean(self.metric) if self.metric_dim is None else metrics[self.metric_dim][self.metric]
         best = self.state.best_value
