@@ -1,8 +1,9 @@
 """A fair DT: each dim's model trained at the margin (and learning rate) best for it on validation, then set
 beside MED's sub-models of the same width (issue 33).
 
-``benchmarks/quality.py`` gives a DT model of dim d the margin MED's d-dim sub-model has (gamma * d / 640):
-like for like with MED, but not the best margin for a model trained alone. Here every DT model is its own run
+``benchmarks/quality.py`` gives a DT model of dim d the margin MED's d-dim sub-model has (``model.gamma_scaling``:
+gamma * sqrt(d / 640) by default, gamma * d / 640 before 2026-12-07): like for like with MED, but not necessarily
+the best margin for a model trained alone. Here every DT model is its own run
 (``method: dt``, ``dims: [d]``, ``model.gamma_scaling: none``) for each margin and rate of the grid, validated
 at half way and at the end (the better kept, full filtered validation), and the one with the best validation
 MRR is that dim's fair DT. Its test MRR is then set beside MED's at that dim, from MED run folders or records

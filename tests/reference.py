@@ -21,7 +21,8 @@ def reference_scores(model: CroppableModel, hrt: torch.Tensor, d: int) -> torch.
     relation = model.relation.detach()[..., :d]
     h, r, t = entity[hrt[:, 0]], relation[hrt[:, 1]], entity[hrt[:, 2]]
     name = model.model_name
-    gamma = model.gamma * d / model.gamma_width if model.gamma_scaling == "linear" else model.gamma
+    share = {"linear": d / model.gamma_width, "sqrt": (d / model.gamma_width) ** 0.5, "none": 1.0}
+    gamma = model.gamma * share[model.gamma_scaling]
     if name == "transe":
         return gamma - torch.linalg.vector_norm(h[:, 0] + r[:, 0] - t[:, 0], ord=model.p, dim=-1)
     if name == "distmult":

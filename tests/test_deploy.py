@@ -73,7 +73,7 @@ def test_a_cropped_model_folder_scores_like_the_runs_sub_model(run_path, run, tm
 
 @pytest.mark.parametrize(("name", "p"), CONFIGS)
 def test_every_model_type_survives_crop_save_and_load(tmp_path, name, p):
-    model = make_model(name, p)  # float64, linear margins, dims (3, 5, 8, 12)
+    model = make_model(name, p)  # float64, sqrt margins, dims (3, 5, 8, 12)
     hrt = all_triples(model)
     source = labelled(model)
     for d in (5, 7):

@@ -374,13 +374,14 @@ def test_phase_scale_null_is_rotate_codes_parametrisation_and_a_run_keeps_its_ph
     assert CroppableModel.from_spec(run.model.spec()).phase_scale == 2.0
 
 
-def test_a_run_folder_from_before_phase_scale_resumes_with_the_phase_scale_it_trained_with(tmp_path, monkeypatch):
+def test_a_run_folder_from_before_phase_and_gamma_scaling_resumes_with_what_it_trained_with(tmp_path, monkeypatch):
     import yaml
 
     from medkge.training import Trainer
 
-    # RotatE's code's phase scale pi / init_scale: 2 pi at dims [4, 16] (init_scale (6 + 2) / 16)
+    # RotatE's code's phase scale pi / init_scale: 2 pi at dims [4, 16] (init_scale (6 + 2) / 16); linear margins
     options = {**TINY, "dims": [4, 16], "epochs": 2, "model.phase_scale": "null", "train.checkpoint_every": 1}
+    options["model.gamma_scaling"] = "linear"
     reference = medkge.train(**options, out=tmp_path / "reference", progress=False)
     assert reference.model.phase_scale == pytest.approx(2 * torch.pi)
 
@@ -401,10 +402,11 @@ def test_a_run_folder_from_before_phase_scale_resumes_with_the_phase_scale_it_tr
     assert not (folder / "results.json").exists()
     path = folder / "config.yaml"
     data = yaml.safe_load(path.read_text())
-    del data["model"]["phase_scale"]  # as written before the option existed
+    del data["model"]["phase_scale"], data["model"]["gamma_scaling"]  # as written before the options existed
     path.write_text(yaml.safe_dump(data))
     resumed = medkge.resume(folder, progress=False)
-    assert resumed.config.model.phase_scale is None
+    assert resumed.config.model.phase_scale is None and resumed.config.model.gamma_scaling == "linear"
+    torch.testing.assert_close(resumed.model.margins(), torch.tensor([6.0 * 4 / 16, 6.0]))
     assert resumed.model.phase_scale == pytest.approx(2 * torch.pi)
     torch.testing.assert_close(resumed.model.relation_table(), reference.model.relation_table())
     assert resumed.results()["test"] == reference.results()["test"]

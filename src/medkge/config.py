@@ -42,9 +42,10 @@ class ModelConfig:
     )
     gamma: float = _opt(6.0, "margin of the distance models (TransE, RotatE, PairRE), of the widest sub-model")
     gamma_scaling: Literal["linear", "sqrt", "none"] = _opt(
-        "linear",
-        "sub-model i's margin: gamma * d_i / d_n (linear), gamma * sqrt(d_i / d_n) (sqrt) or gamma for every "
-        "sub-model (none); a DT model of dim d gets the margin MED's d-dim sub-model has",
+        "sqrt",
+        "sub-model i's margin: gamma * sqrt(d_i / d_n) (sqrt: near the margin a model of each width does best with "
+        "alone), gamma * d_i / d_n (linear: the default before 2026-12-07) or gamma for every sub-model (none); a "
+        "DT model of dim d gets the margin MED's d-dim sub-model has",
     )
     p: int = _opt(1, "TransE's norm: 1 or 2", choices=(1, 2))
     normalize_entities: bool | None = _opt(None, "unit-norm entity rows (default: PairRE yes, others no)")
@@ -439,6 +440,7 @@ def _parse_value(text: str) -> Any:
 # Options added after run folders were written, with the value that trains as those runs did.
 _RUN_FOLDER_LEGACY: dict[tuple[str, str], Any] = {
     ("model", "phase_scale"): None,  # before: RotatE's phase_scale was always pi / init_scale
+    ("model", "gamma_scaling"): "linear",  # before: every sub-model's margin was gamma * d_i / d_n
 }
 
 

@@ -45,10 +45,11 @@ class CroppableModel(nn.Module):
         dims: increasing sub-model dimensions; the tables are ``dims[-1]`` wide. "Dimension" follows each
             model's convention: complex coordinates for RotatE/ComplEx, vector length for SimplE/PairRE.
         gamma: margin of the distance models (TransE, RotatE, PairRE); unused by the bilinear ones.
-        gamma_scaling: "linear" gives sub-model i the margin gamma * d_i / d_n, so that every coordinate
-            carries the same share of the margin in every sub-model; "sqrt" gamma * sqrt(d_i / d_n); "none"
-            uses gamma for all of them (MED.md's literal formula). A margin shifts scores, not rankings: it
-            matters in training.
+        gamma_scaling: "sqrt" (default) gives sub-model i the margin gamma * sqrt(d_i / d_n), near the
+            margin a model of that width does best with alone (docs/choices.md); "linear" gamma * d_i / d_n,
+            so that every coordinate carries the same share of the margin in every sub-model (the default
+            before 2026-12-07); "none" uses gamma for all of them (MED.md's literal formula). A margin shifts
+            scores, not rankings: it matters in training.
         gamma_width: the width d_n that gamma belongs to (default: the tables' width). A cropped model
             keeps its source's, so its margin is the sub-model's.
         p: TransE's norm (1 or 2).
@@ -75,7 +76,7 @@ class CroppableModel(nn.Module):
         dims: Sequence[int] | range = DEFAULT_DIMS,
         *,
         gamma: float | None = None,
-        gamma_scaling: str = "linear",
+        gamma_scaling: str = "sqrt",
         gamma_width: int | None = None,
         p: int = 1,
         normalize_entities: bool | None = None,
