@@ -11,6 +11,7 @@ Target (issue 2): all sub-models cost at most 1.2x the single d_n model, in trai
 
     python benchmarks/engine.py                      # the full benchmark (about 10 minutes on 2 cores)
     python benchmarks/engine.py --eval-queries 300   # evaluation on the first 300 test triples only
+    python benchmarks/engine.py --eval-queries 300 --eval-subsets 10,40,160 10,40,160,640   # eval.valid_dims
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=9, help="timed steps per variant (after one warm-up)")
     p.add_argument("--eval-queries", type=int, default=0, help="evaluate on the first N test triples (0: all)")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument(
+        "--eval-subsets", nargs="*", metavar="DIMS", help="also evaluate these sub-models only, e.g. 10,40,160"
+    )
     p.add_argument("--no-tune-malloc", action="store_true", help="leave glibc's allocator as it is")
     return p.parse_args()
 
@@ -121,11 +125,18 @@ def main() -> None:
             started = time.perf_counter()
             evaluate(single, ds, "test", progress=False)
             one_dim = time.perf_counter() - started
+            subsets = []  # eval.valid_dims: a few of the sub-models, in the same one pass
+            for subset in args.eval_subsets or []:
+                chosen = [int(d) for d in subset.split(",")]
+                started = time.perf_counter()
+                evaluate(model, ds, "test", dims=chosen, progress=False)
+                subsets.append((chosen, time.perf_counter() - started))
         label = f"{len(ds.test)} test triples"
         rows += [
             (f"evaluate {len(dims)} sub-models ({label})", all_dims, all_dims / one_dim),
             (f"evaluate the {dims[-1]}-d model alone ({label})", one_dim, 1.0),
         ]
+        rows += [(f"evaluate sub-models {chosen} ({label})", t, t / one_dim) for chosen, t in subsets]
     print(f"| {'what':60s} | seconds | ratio to one {dims[-1]}-d model |")
     print(f"|{'-' * 62}|--------:|---------------------:|")
     for name, seconds, ratio in rows:

@@ -86,3 +86,10 @@ def test_curves_errors_are_one_line(tmp_path, capsys):
     silent = train_tiny(tmp_path / "silent", model="transe", dims="4,8", epochs=1, eval_every=0).path
     assert main(["curves", str(silent)]) == 2
     assert "no validation logged" in capsys.readouterr().err
+
+
+def test_a_curves_label_names_its_dim_and_any_stage_or_teacher():
+    from medkge.curves import _series_label
+
+    assert [_series_label(tag, dim) for tag, dim in [("", 10), ("dim_40", 40), ("dim_4", 4)]] == ["10", "40", "4"]
+    assert _series_label("dim_40/stage2", 40) == "40 stage2" and _series_label("teacher", 640) == "640 teacher"

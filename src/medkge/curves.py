@@ -45,10 +45,11 @@ def spaced_dims(dims: list[int], factor: int = 4) -> list[int]:
 def _series_label(tag: str, dim: int) -> str:
     """``dim_40`` -> "40", ``dim_40/student`` -> "40 student", ``teacher`` at 640 -> "640 teacher", "" -> "40"."""
     own = f"dim_{dim}"
-    if tag.startswith(own):
-        rest = tag[len(own) :].lstrip("/")
-        return f"{dim} {rest}" if rest else str(dim)
-    return f"{dim} {tag}" if tag else str(dim)
+    if tag == own or not tag:
+        return str(dim)
+    if tag.startswith(own + "/"):
+        return f"{dim} {tag[len(own) + 1 :]}"
+    return f"{dim} {tag}"
 
 
 def load_curves(folder: str | Path, dims: list[int] | None = None, metric: str = "mrr") -> list[Curve]:
