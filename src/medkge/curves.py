@@ -71,8 +71,9 @@ def load_curves(folder: str | Path, dims: list[int] | None = None, metric: str =
                     known = ", ".join(sorted(values))
                     raise MedkgeError(f"{path}: no validation metric {metric!r} (logged: {known})")
                 key = (tag, int(dim))
-                curve = curves.setdefault(key, Curve(_series_label(tag, int(dim)), int(dim)))
-                curve.valid[int(epoch)] = float(values[metric])
+                if key not in curves:  # a model's curves share its one loss per epoch
+                    curves[key] = Curve(_series_label(tag, int(dim)), int(dim), loss=losses.setdefault(tag, {}))
+                curves[key].valid[int(epoch)] = float(values[metric])
     if not curves:
         raise MedkgeError(f"{path}: no validation logged yet (set eval.every to validate during training)")
     wanted = set(dims) if dims else set(spaced_dims([d for _, d in curves]))
@@ -80,10 +81,7 @@ def load_curves(folder: str | Path, dims: list[int] | None = None, metric: str =
     if missing:
         validated = sorted({d for _, d in curves})
         raise MedkgeError(f"{folder}: no validation of dims {missing} (validated: {validated})")
-    kept = sorted((c for (tag, d), c in curves.items() if d in wanted), key=lambda c: (c.dim, c.label))
-    for (tag, _), curve in curves.items():
-        curve.loss = losses.get(tag, {})
-    return kept
+    return sorted((c for (_, d), c in curves.items() if d in wanted), key=lambda c: (c.dim, c.label))
 
 
 def valid_protocol(folder: str | Path) -> str:

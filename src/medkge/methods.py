@@ -49,11 +49,10 @@ from .layout import (
 from .losses import DualDELoss, MEDObjective, bkd_loss, independent_loss
 from .memory import MemoryEstimate
 from .model import CroppableModel
-from .optim import default_lr, rows_per_step
 from .run import Run, model_checksums
 from .sampling import Batch
 from .stores import Comm, Local
-from .training import Objective, Trainer, TrainState, build_model, score_batch
+from .training import Objective, Trainer, TrainState, build_model, optimizer_lr, score_batch
 
 Method = Callable[[Config, Dataset, Path, bool, Comm], dict[str, Any]]
 
@@ -509,13 +508,6 @@ def preflight(cfg: Config, dataset: Dataset, progress: bool = True, world: int =
             stacklevel=3,
         )
     return Plan(optimizer, lr, memory_plan)
-
-
-def optimizer_lr(cfg: Config, dataset: Dataset, optimizer: str) -> float:
-    """The learning rate entity optimiser ``optimizer`` gets on this run where ``train.lr`` is unset
-    (optim.default_lr: row-wise Adagrad's depends on how often a step touches each row)."""
-    tc = cfg.train
-    return default_lr(optimizer, dataset.num_entities, rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives))
 
 
 def _say(progress: bool, message: str) -> None:

@@ -65,6 +65,13 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def optimizer_lr(cfg: Config, dataset: Dataset, optimizer: str) -> float:
+    """The learning rate entity optimiser ``optimizer`` gets on this run where ``train.lr`` is unset
+    (optim.default_lr: row-wise Adagrad's depends on how often a step touches each row)."""
+    tc = cfg.train
+    return default_lr(optimizer, dataset.num_entities, rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives))
+
+
 class Trainer:
     """Trains one model with one objective, validating, checkpointing and keeping the best model.
 
@@ -137,7 +144,7 @@ class Trainer:
         # the pre-flight resolves both (memory.plan); a Trainer built directly resolves them the same way
         rows = rows_per_step(tc.batch_size, tc.negatives, tc.shared_negatives)
         self.optimizer_name = choose(tc.optimizer, dataset.num_entities, rows, True)
-        self.lr = tc.lr if tc.lr is not None else default_lr(self.optimizer_name, dataset.num_entities, rows)
+        self.lr = tc.lr if tc.lr is not None else optimizer_lr(config, dataset, self.optimizer_name)
         # the entity table's rows and their optimiser (stores.py); the relation table and the extra parameters
         # are small, replicated, and learn with the dense optimiser that goes with the entity one
         self.store = self.comm.entity_store(self.model, self.optimizer_name, self.seed, tc.fused_kernels)
