@@ -58,7 +58,7 @@ def run(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 PARITY = [
     ("rotate", "adam", ["loss.subsampling=true", "train.lr_schedule=step", "model.gamma_scaling=sqrt"]),
     ("transe", "sparse_adam", ["loss.regularizer=n3", "loss.reg_weight=0.01", "train.corruption=bernoulli"]),
-    ("rotate", "row_adagrad", ["train.shared_negatives=16", "eval.valid_dims=8"]),
+    ("rotate", "row_adagrad", ["train.shared_negatives=16", "eval.valid_dims=8", "eval.valid_triples=40"]),
     ("distmult", "adam", ["train.filter_negatives=true", "loss.regularizer=l2", "loss.reg_weight=0.001"]),
 ]
 
@@ -94,6 +94,9 @@ def test_two_ranks_train_the_model_one_process_trains_and_each_holds_half_the_ro
         for f in ("one", "two")
     ]
     assert validated[0] == validated[1] == [["8"] if "eval.valid_dims=8" in sets else ["4", "8"]] * 2
+    total = len(medkge.load_dataset("kinships").valid)  # every rank validates the same triples of a subset
+    expected = f"full, 40 of {total:,} triples (seed 0)" if "eval.valid_triples=40" in sets else "full"
+    assert results["valid"]["protocol"] == alone["valid"]["protocol"] == expected
 
 
 @pytest.mark.parametrize("sets", [[], ["train.optimizer=row_adagrad", "train.shared_negatives=16"]])

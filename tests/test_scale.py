@@ -370,3 +370,43 @@ def test_flushing_denormals_reaches_the_worker_threads():
         assert int((tiny * 1.0).count_nonzero()) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+# ---- validation on a subset of the triples ---------------------------------------------------------------
+
+
+def test_a_subset_ranks_the_same_triples_each_call_as_the_whole_split_ranks_them(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", dims=[4, 8], epochs=1, **{"eval.test": False})
+    dataset, model = run.dataset(), run.model
+    whole = evaluate(model, dataset, "test", progress=False)
+    total = len(dataset.test)
+    part = evaluate(model, dataset, "test", subset=50, sampled_seed=3, progress=False)
+    again = evaluate(model, dataset, "test", subset=50, sampled_seed=3, progress=False)
+    assert part.to_dict() == again.to_dict()
+    assert part.protocol == f"full, 50 of {total:,} triples (seed 3)" and part[4]["queries"] == 100
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(3))[:50].sort().values
+    for side in whole.ranks:  # each chosen triple keeps the rank it has among all of them
+        assert torch.equal(part.ranks[side], whole.ranks[side][chosen])
+    other = evaluate(model, dataset, "test", subset=50, sampled_seed=4, progress=False)
+    assert not all(torch.equal(other.ranks[s], part.ranks[s]) for s in whole.ranks)
+    assert evaluate(model, dataset, "test", subset=total, progress=False).to_dict() == whole.to_dict()
+    sampled = evaluate(model, dataset, "test", subset=50, protocol="sampled", sampled_candidates=5, progress=False)
+    assert sampled.protocol == f"sampled (5 candidates per side, seed 0), 50 of {total:,} triples (seed 0)"
+    with pytest.raises(MedkgeError, match="subset must be at least 1"):
+        evaluate(model, dataset, "test", subset=0, progress=False)
+    assert main(["evaluate", str(run.path), "--subset", "40", "--quiet"]) == 0
+    assert f"full, 40 of {total:,} triples (seed 0)" in capsys.readouterr().out
+    assert main(["evaluate", str(run.path), "--subset", "0", "--quiet"]) == 2
+    assert "--subset must be a positive number" in capsys.readouterr().err
+
+
+def test_validations_can_rank_a_subset_while_the_test_ranks_every_triple(tmp_path):
+    run = train_tiny(tmp_path / "run", dims=[2, 4], epochs=2, **{"eval.valid_triples": 30, "eval.test": True})
+    total = len(run.dataset().valid)
+    assert run.metrics("valid").protocol == f"full, 30 of {total:,} triples (seed 0)"
+    assert run.metrics("test").protocol == "full"
+    kept = run.model
+    part = evaluate(kept, run.dataset(), "valid", subset=30, progress=False)
+    assert part.to_dict() == run.metrics("valid").to_dict()
+    with pytest.raises(MedkgeError, match="valid_triples"):
+        medkge.Config().with_overrides({"eval.valid_triples": 0})

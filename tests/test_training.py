@@ -294,24 +294,31 @@ def test_a_resumed_run_takes_the_thread_count_it_is_given_and_keeps_its_saved_co
         medkge.resume(run.path, progress=False, threads=0)
 
 
+def bare_trainer(cfg, dataset, folder: Path):
+    """A Trainer of ``cfg``'s model with a stand-in objective (the sum of the scores), files in ``folder``."""
+    from medkge.training import Trainer, build_model
+
+    return Trainer(
+        cfg,
+        dataset,
+        build_model(cfg, dataset),
+        lambda scores, batch: (scores.sum(), {}),
+        model_path=folder / "model.safetensors",
+        checkpoint_path=folder / "checkpoint.safetensors",
+        log_path=folder / "log.jsonl",
+        progress=False,
+    )
+
+
 def test_a_resumed_optimiser_runs_as_this_runs_config_says_not_as_the_checkpoint_did(tmp_path):
     from medkge.config import Config
-    from medkge.training import Trainer, build_model
+    from medkge.training import Trainer
 
     dataset = medkge.load_dataset("nations")
 
     def trainer(fused: bool) -> Trainer:
         cfg = Config().with_overrides({"dataset": "nations", "model.dims": [4, 8], "train.fused_kernels": fused})
-        return Trainer(
-            cfg,
-            dataset,
-            build_model(cfg, dataset),
-            lambda scores, batch: (scores.sum(), {}),
-            model_path=tmp_path / "model.safetensors",
-            checkpoint_path=tmp_path / "checkpoint.safetensors",
-            log_path=tmp_path / "log.jsonl",
-            progress=False,
-        )
+        return bare_trainer(cfg, dataset, tmp_path)
 
     old = trainer(fused=False)
     assert not old.optimizer.param_groups[0]["fused"]
@@ -410,3 +417,28 @@ def test_a_run_folder_from_before_phase_and_gamma_scaling_resumes_with_what_it_t
     assert resumed.model.phase_scale == pytest.approx(2 * torch.pi)
     torch.testing.assert_close(resumed.model.relation_table(), reference.model.relation_table())
     assert resumed.results()["test"] == reference.results()["test"]
+
+
+@pytest.mark.parametrize(("model", "penalises_relations"), [("rotate", False), ("complex", True), ("transe", True)])
+def test_the_regulariser_penalises_entities_and_relations_that_have_a_size(tmp_path, model, penalises_relations):
+    """N3 / L2 on a batch's rows; RotatE's relation rows are angles (a rotation's modulus is one), left out."""
+    from medkge.config import Config
+    from medkge.losses import regularization
+
+    dataset = medkge.load_dataset("nations")
+    cfg = Config().with_overrides(
+        {"dataset": "nations", "model.name": model, "model.dims": [4, 8], "loss.regularizer": "n3"}
+    )
+    trainer = bare_trainer(cfg, dataset, tmp_path)
+    m = trainer.model
+    positives = dataset.train[:5]
+    penalty = trainer.regularizer(positives, m.entity_rows)
+    complex_entities = model != "transe"
+    entities = regularization(
+        "n3", [m.entity_rows(positives[:, 0]), m.entity_rows(positives[:, 2])], [complex_entities] * 2
+    )
+    assert float(penalty.detach()) > 0
+    assert (float(penalty.detach()) > float(entities.detach()) + 1e-6) == penalises_relations
+    penalty.backward()
+    relation_grad = m.relation.grad
+    assert (relation_grad is not None and bool(relation_grad.abs().sum() > 0)) == penalises_relations

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled-candidates", type=int, metavar="N", help="sampled protocol: candidates per side")
     p.add_argument("--sampled-seed", type=int, metavar="S", help="sampled protocol: seed of the candidate sets")
     p.add_argument(
+        "--subset",
+        type=int,
+        metavar="N",
+        help="rank N triples of the split, drawn once with the sampled seed (a cheaper estimate of all of them)",
+    )
+    p.add_argument(
         "--candidates",
         metavar="FILE|tails:R",
         help="rank tails only, among these entities: a file of labels (one a line), or tails:R (the tails of "
@@ -371,10 +377,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_recommendation(args, run, dims)
     if args.sampled_candidates is not None and args.sampled_candidates < 1:
         raise MedkgeError(f"--sampled-candidates must be a positive number, got {args.sampled_candidates}")
+    if args.subset is not None and args.subset < 1:
+        raise MedkgeError(f"--subset must be a positive number, got {args.subset}")
+    if args.subset is not None and args.funnel:
+        raise MedkgeError("--funnel ranks every triple of the split: not --subset")
     protocol = {
         "protocol": args.protocol,
         "sampled_candidates": args.sampled_candidates,
         "sampled_seed": args.sampled_seed,
+        "subset": args.subset,
     }
     metrics = run.evaluate(args.split, dims, ties=args.ties, progress=not args.quiet, **protocol)
     if args.funnel:
@@ -420,6 +431,8 @@ def _evaluate_recommendation(args: argparse.Namespace, run: Any, dims: list[int]
         raise MedkgeError("--relation needs --candidates (the entities its tails are ranked among)")
     if getattr(args, "protocol", None) == "sampled":
         raise MedkgeError("--candidates and the recommendation metrics rank all candidates: not --protocol sampled")
+    if getattr(args, "subset", None) is not None:
+        raise MedkgeError("--candidates and the recommendation metrics rank every triple: not --subset")
     dataset = run.dataset()
     relations = [x.strip() for x in args.relation.split(",")] if args.relation else None
     candidates = Candidates.parse(args.candidates, dataset, relations) if args.candidates else None

@@ -69,7 +69,9 @@ class LossConfig:
     )
     alpha: float = _opt(1.0, "adversarial temperature of self_adversarial (0 = uniform negatives)", min=0.0)
     margin: float = _opt(1.0, "margin of the margin-ranking loss", min=0.0)
-    regularizer: Literal["none", "l2", "n3"] = _opt("none", "penalty on the batch's embeddings (for bilinear models)")
+    regularizer: Literal["none", "l2", "n3"] = _opt(
+        "none", "penalty on the batch's embeddings (RotatE: the entities only, a rotation's modulus being one)"
+    )
     subsampling: bool = _opt(
         False,
         "weight each positive and its negatives by 1 / sqrt(count(h, r) + count(t, r^-1)) in the training triples "
@@ -200,7 +202,16 @@ class EvalConfig:
         "entities or more: every entity is ranked, the full protocol, with a warning)",
         min=1,
     )
-    sampled_seed: int = _opt(0, "sampled protocol: seed of the candidate sets (the same sets at every validation)")
+    sampled_seed: int = _opt(
+        0, "sampled protocol: seed of the candidate sets (the same sets at every validation); of eval.valid_triples too"
+    )
+    valid_triples: int | None = _opt(
+        None,
+        "validate during training on this many validation triples, drawn once (eval.sampled_seed), with the "
+        "validation protocol: the full protocol's numbers at a fraction of its cost, where the sampled protocol "
+        "would not rank models as the full one does (WN18RR); null: all of them",
+        min=1,
+    )
     memory_budget: int | None = _opt(None, "bytes per block of scores in evaluation (default: per device)", min=1)
     test: bool = _opt(True, "evaluate the kept model on the test split at the end")
 

@@ -85,11 +85,13 @@ def load_curves(folder: str | Path, dims: list[int] | None = None, metric: str =
 
 
 def valid_protocol(folder: str | Path) -> str:
-    """How a run validated ("full" or "sampled"; "" for a folder without its config)."""
+    """How a run validated ("full" or "sampled", and "on N triples" where it validated a subset; "" for a
+    folder without its config)."""
     if not (Path(folder) / CONFIG_FILE).is_file():
         return ""
     ev = Config.from_run_folder(Path(folder)).eval
-    return ev.protocol if ev.valid_protocol == "same" else ev.valid_protocol
+    protocol = ev.protocol if ev.valid_protocol == "same" else ev.valid_protocol
+    return protocol + (f" on {ev.valid_triples:,} triples" if ev.valid_triples else "")
 
 
 def curves_table(runs: dict[str, list[Curve]], metric: str = "mrr", protocols: dict[str, str] | None = None) -> str:
@@ -120,19 +122,29 @@ def plot_curves(runs: dict[str, list[Curve]], path: Path, metric: str = "mrr") -
     plt = pyplot("curves")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     prefix = len(runs) > 1
-    for name, curves in runs.items():
+    # several runs: a colour per dim and a line style per run, so the same size reads the same across runs
+    colours = {
+        label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(c.label for cs in runs.values() for c in cs))
+    }
+    for index, (name, curves) in enumerate(runs.items()):
+        style = ("-", "--", ":", "-.")[index % 4]
         # a MED run logs one loss for all its sub-models (one dict shared by its curves): drawn once
         shared = len({id(c.loss) for c in curves}) == 1
         drawn: set[int] = set()
         for c in curves:
             label = f"{name}: {c.label}" if prefix else c.label
             epochs = sorted(c.valid)
-            (line,) = left.plot(epochs, [c.valid[e] for e in epochs], marker="o", ms=3, label=label)
+            colour = colours[c.label]
+            left.plot(epochs, [c.valid[e] for e in epochs], style, color=colour, marker="o", ms=3, label=label)
             if c.loss and id(c.loss) not in drawn:
                 drawn.add(id(c.loss))
                 loss = sorted(c.loss.items())
                 right.plot(
-                    [e for e, _ in loss], [v for _, v in loss], color=line.get_color(), label=name if shared else label
+                    [e for e, _ in loss],
+                    [v for _, v in loss],
+                    style,
+                    color="0.2" if shared and prefix else colour,
+                    label=name if shared else label,
                 )
     left.set_xlabel("epoch")
     left.set_ylabel(f"validation {metric}")

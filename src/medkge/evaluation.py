@@ -123,6 +123,7 @@ def evaluate(
     protocol: Literal["full", "sampled"] = "full",
     sampled_candidates: int = 1000,
     sampled_seed: int = 0,
+    subset: int | None = None,
     shard: Shard | None = None,
 ) -> Metrics:
     """Filtered link prediction on ``split`` for every sub-model (or for ``dims``, any d <= d_n).
@@ -142,6 +143,9 @@ def evaluate(
             protocol. So a sampled rank is never above the full one. Where ``sampled_candidates`` would cover
             every candidate entity, they are all ranked against (the full protocol), with a warning, and
             ``Metrics.protocol`` says so.
+        subset: rank only this many triples of ``split``, drawn once without replacement with ``sampled_seed``
+            (the same triples at every call; all of them where None or at least the split's size): the full
+            protocol's numbers, estimated at a fraction of its cost, for validation during training.
         shard: ``model`` holds rows [shard.lo, shard.hi) of a table split across processes (distributed
             training): every process ranks every query against its own rows and the counts are summed; every
             process calls this, and gets the same metrics.
@@ -168,7 +172,15 @@ def evaluate(
     prefix = model.prefix if dims is None else Prefix(dims)
     scorer = BlockScorer(model, prefix, memory_budget)
     device = model.entity.device
-    triples = dataset.split(split).long().to(device)
+    triples = dataset.split(split).long()
+    total = len(triples)
+    if subset is not None:
+        if subset < 1:
+            raise MedkgeError(f"subset must be at least 1 triple, got {subset}")
+        if subset < total:  # the same triples at every call and in every process: a fixed seed
+            chosen = torch.randperm(total, generator=torch.Generator().manual_seed(sampled_seed))[:subset]
+            triples = triples[chosen.sort().values]
+    triples = triples.to(device)
     known = unique_triples(dataset.known_triples()).to(device) if filtered else triples
     ranks: dict[str, Tensor] = {}
     bar = tqdm(
@@ -194,6 +206,8 @@ def evaluate(
                 ranks[side] = _rank(scorer, side, triples, known, ranked, ties, filtered, bar, shard)
     everywhere = max(covered) if len(covered) == len(directions) else 0
     described = describe_protocol(protocol, sampled_candidates, sampled_seed, everywhere)
+    if len(triples) < total:
+        described += f", {len(triples):,} of {total:,} triples (seed {sampled_seed})"
     if covered:
         warn_covered(sampled_candidates, max(covered), split)
     return _metrics(ranks, prefix.dims, split, ties, described)

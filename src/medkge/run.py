@@ -53,6 +53,7 @@ def eval_protocol(
         "protocol": protocol or ec.protocol,
         "sampled_candidates": candidates or ec.sampled_candidates,
         "sampled_seed": ec.sampled_seed if seed is None else seed,
+        "subset": ec.valid_triples if split == "valid" else None,
     }
 
 
@@ -138,11 +139,13 @@ class Run:
         protocol: str | None = None,
         sampled_candidates: int | None = None,
         sampled_seed: int | None = None,
+        subset: int | None = None,
     ) -> Metrics:
         """Filtered link prediction for every dim of the run (or ``dims``), as in training.
 
         ``candidates``: entity ids to rank the tails among, tails only (see :func:`medkge.evaluate`).
-        ``protocol`` (full or sampled) and its options default to the run's config (``eval``).
+        ``protocol`` (full or sampled) and its options default to the run's config (``eval``); ``subset``
+        ranks that many triples of ``split`` only, drawn once with the sampled seed.
         """
         dataset = self.dataset()
         options: dict[str, Any] = {
@@ -151,6 +154,7 @@ class Run:
             "progress": progress,
             "candidates": candidates,
             **eval_protocol(self.config, protocol, sampled_candidates, sampled_seed),
+            "subset": subset,
         }
         if len(self.models) == 1:
             return evaluate(self.model, dataset, split, dims=dims, **options)

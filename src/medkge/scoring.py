@@ -74,6 +74,7 @@ class Interaction:
     uses_gamma: bool = True
     normalizes_entities: bool = False
     complex_entities: bool = False  # entity parts are (real, imaginary)
+    phase_relations: bool = False  # relation rows are rotation angles (modulus one), not coordinates
 
     @property
     def sum_sign(self) -> int:
@@ -213,7 +214,15 @@ def get_interaction(name: str, p: int = 1) -> Interaction:
         )
     if name == "rotate":
         return Interaction(
-            "rotate", 2, 1, "cabs", _rotate_tail_query, _rotate_head_query, _gamma_minus, complex_entities=True
+            "rotate",
+            2,
+            1,
+            "cabs",
+            _rotate_tail_query,
+            _rotate_head_query,
+            _gamma_minus,
+            complex_entities=True,
+            phase_relations=True,
         )
     if name == "simple":
         return Interaction("simple", 2, 2, "dot", _simple_tail_query, _simple_head_query, _half, uses_gamma=False)

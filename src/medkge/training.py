@@ -287,8 +287,13 @@ class Trainer:
 
     def regularizer(self, positives: Tensor, entity_rows: Callable[[Tensor], Tensor]) -> Tensor:
         m = self.model
-        rows = [entity_rows(positives[:, 0]), m.relation_rows(positives[:, 1]), entity_rows(positives[:, 2])]
-        complex_parts = [m.interaction.complex_entities, m.model_name == "complex", m.interaction.complex_entities]
+        rows = [entity_rows(positives[:, 0]), entity_rows(positives[:, 2])]
+        complex_parts = [m.interaction.complex_entities] * 2
+        # RotatE's relation rows are angles: a rotation's modulus is one whatever the angle, so N3 of it is
+        # constant and L2 of the angle would pull rotations towards the identity, not shrink anything
+        if not m.interaction.phase_relations:
+            rows.append(m.relation_rows(positives[:, 1]))
+            complex_parts.append(m.model_name == "complex")
         return regularization(self.cfg.loss.regularizer, rows, complex_parts)
 
     # ---- validation and the kept model --------------------------------------------------------
