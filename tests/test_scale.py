@@ -398,6 +398,9 @@ def test_a_subset_ranks_the_same_triples_each_call_as_the_whole_split_ranks_them
     assert f"full, 40 of {total:,} triples (seed 0)" in capsys.readouterr().out
     assert main(["evaluate", str(run.path), "--subset", "0", "--quiet"]) == 2
     assert "--subset must be a positive number" in capsys.readouterr().err
+    for extra, message in ((["--funnel", "4:5"], "--funnel ranks every triple"), (["--recommend"], "not --subset")):
+        assert main(["evaluate", str(run.path), "--subset", "40", "--quiet", *extra]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_validations_can_rank_a_subset_while_the_test_ranks_every_triple(tmp_path):

@@ -144,8 +144,10 @@ class Run:
         """Filtered link prediction for every dim of the run (or ``dims``), as in training.
 
         ``candidates``: entity ids to rank the tails among, tails only (see :func:`medkge.evaluate`).
-        ``protocol`` (full or sampled) and its options default to the run's config (``eval``); ``subset``
-        ranks that many triples of ``split`` only, drawn once with the sampled seed.
+        ``protocol`` (full or sampled) and its options default to the run's ``eval.protocol``, also for
+        ``split="valid"`` (the validations during training follow ``eval.valid_protocol`` and
+        ``eval.valid_triples`` instead); ``subset`` ranks that many triples of ``split`` only, drawn once with
+        the sampled seed.
         """
         dataset = self.dataset()
         options: dict[str, Any] = {

@@ -291,9 +291,9 @@ class Trainer:
         complex_parts = [m.interaction.complex_entities] * 2
         # RotatE's relation rows are angles: a rotation's modulus is one whatever the angle, so N3 of it is
         # constant and L2 of the angle would pull rotations towards the identity, not shrink anything
-        if not m.interaction.phase_relations:
-            rows.append(m.relation_rows(positives[:, 1]))
-            complex_parts.append(m.model_name == "complex")
+        if not m.interaction.phase_relations:  # (h, r, t): the order of the sum as before RotatE's exception
+            rows.insert(1, m.relation_rows(positives[:, 1]))
+            complex_parts.insert(1, m.model_name == "complex")
         return regularization(self.cfg.loss.regularizer, rows, complex_parts)
 
     # ---- validation and the kept model --------------------------------------------------------
