@@ -287,14 +287,14 @@ class Trainer:
 
     def regularizer(self, positives: Tensor, entity_rows: Callable[[Tensor], Tensor]) -> Tensor:
         m = self.model
-        rows = [entity_rows(positives[:, 0]), entity_rows(positives[:, 2])]
-        complex_parts = [m.interaction.complex_entities] * 2
+        entities = m.interaction.complex_entities
         # RotatE's relation rows are angles: a rotation's modulus is one whatever the angle, so N3 of it is
         # constant and L2 of the angle would pull rotations towards the identity, not shrink anything
-        if not m.interaction.phase_relations:  # (h, r, t): the order of the sum as before RotatE's exception
-            rows.insert(1, m.relation_rows(positives[:, 1]))
-            complex_parts.insert(1, m.model_name == "complex")
-        return regularization(self.cfg.loss.regularizer, rows, complex_parts)
+        relation = (
+            [] if m.interaction.phase_relations else [(m.relation_rows(positives[:, 1]), m.model_name == "complex")]
+        )
+        parts = [(entity_rows(positives[:, 0]), entities), *relation, (entity_rows(positives[:, 2]), entities)]
+        return regularization(self.cfg.loss.regularizer, [x for x, _ in parts], [c for _, c in parts])
 
     # ---- validation and the kept model --------------------------------------------------------
     def evaluate(self, split: str, dims: list[int] | None = None) -> Metrics:
