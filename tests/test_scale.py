@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -413,3 +414,38 @@ def test_validations_can_rank_a_subset_while_the_test_ranks_every_triple(tmp_pat
     assert part.to_dict() == run.metrics("valid").to_dict()
     with pytest.raises(MedkgeError, match="valid_triples"):
         medkge.Config().with_overrides({"eval.valid_triples": 0})
+
+
+def test_every_reader_of_recorded_validation_says_it_was_a_subset(tmp_path, capsys):
+    from medkge.curves import valid_protocol
+
+    part = train_tiny(tmp_path / "part", dims=[2, 4], **{"eval.valid_triples": 30})
+    whole = train_tiny(tmp_path / "whole", dims=[2, 4], seed=1)
+    protocol = f"full, 30 of {len(part.dataset().valid):,} triples (seed 0)"
+    assert valid_protocol(part.path) == protocol and valid_protocol(whole.path) == "full"
+    # a subset as large as the split is the whole split: logged as the full protocol
+    every = train_tiny(tmp_path / "every", dims=[2], epochs=1, **{"eval.valid_triples": 10_000})
+    assert valid_protocol(every.path) == every.metrics("valid").protocol == "full"
+
+    capsys.readouterr()
+    assert main(["compare", str(part.path), "--split", "valid", "--out", str(tmp_path / "cmp")]) == 0
+    assert f"Protocol: {protocol}." in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()[1].endswith(f'"{protocol}"')
+    assert main(["compare", str(part.path), str(whole.path), "--split", "valid", "--labels", "a,b"]) == 0
+    assert f"not comparable**: a: {protocol}; b: full." in capsys.readouterr().out
+    assert main(["compare", str(part.path), "--split", "test"]) == 0
+    assert "Protocol" not in capsys.readouterr().out  # the test ranked every triple
+
+    assert main(["select", str(part.path), "--max-drop", "0.9", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["protocol"] == protocol
+    assert main(["select", str(part.path), "--max-drop", "0.9"]) == 0
+    assert capsys.readouterr().out.startswith(f"valid MRR ({protocol}) by dim")
+    assert medkge.load(part.path).select(max_drop=0.9, dims=[2, 4]).protocol == "full"  # evaluated now, in full
+
+    assert main(["crop", str(part.path), "--dim", "4", "--out", str(tmp_path / "crop")]) == 0
+    assert main(["crop", str(tmp_path / "crop"), "--dim", "3", "--out", str(tmp_path / "again")]) == 0
+    for folder in ("crop", "again"):
+        card = (tmp_path / folder / "README.md").read_text()
+        assert f"as recorded at the end of training; validation: {protocol}." in card
+    assert main(["crop", str(whole.path), "--dim", "4", "--out", str(tmp_path / "full")]) == 0
+    assert "as recorded at the end of training.\n" in (tmp_path / "full" / "README.md").read_text()

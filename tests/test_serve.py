@@ -200,6 +200,7 @@ def test_models_health_and_docs(server, model, run_path):
     assert info["dims"] == list(range(1, 17)) and info["trained_dims"] == list(TRAINED) and info["default_dim"] == 16
     recorded = medkge.Run.open(run_path).metrics("valid")
     assert info["valid_mrr"] == {str(d): recorded[d]["mrr"] for d in TRAINED}
+    assert info["valid_protocol"] == recorded.protocol
     assert info["entities"] == 104 and info["exclude_known"] is True
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["workers"] == 2 and health["threads_per_worker"] == 1

@@ -39,10 +39,12 @@ def card_data(model: Any) -> dict[str, Any]:
     if model.run is None:
         return dict(getattr(model, "card", {}) or {})
     run = model.run
-    metrics = {}
+    metrics, protocols = {}, {}
     for split in ("valid", "test"):
         recorded = model.recorded_metrics(split) or {}
         metrics[split] = {str(d): {k: v[k] for k in _METRICS if k in v} for d, v in sorted(recorded.items())}
+        if recorded:
+            protocols[split] = model.recorded_protocol(split)
     results = run.results() or {}
     train = run.config.train
     budget = {
@@ -55,7 +57,17 @@ def card_data(model: Any) -> dict[str, Any]:
         "lr": train.lr,
         "seed": train.seed,
     }
-    return {"metrics": metrics, "budget": budget}
+    return {"metrics": metrics, "protocols": protocols, "budget": budget}
+
+
+def _protocols(protocols: dict[str, str]) -> str:
+    """The end of the metrics' sentence: where a split's figures were not made on the full protocol over the
+    whole split (validation on a subset of triples or on sampled candidates), which protocol made them."""
+    other = {split: p for split, p in protocols.items() if p and p != "full"}
+    if not other:
+        return "."
+    named = {"valid": "validation", "test": "test"}
+    return "; " + "; ".join(f"{named.get(s, s)}: {p}" for s, p in other.items()) + "."
 
 
 def render(info: dict[str, Any], data: dict[str, Any], files: list[str]) -> str:
@@ -94,7 +106,8 @@ def render(info: dict[str, Any], data: dict[str, Any], files: list[str]) -> str:
         "",
         "## Metrics",
         "",
-        "Filtered link prediction, realistic ranks, both directions, as recorded at the end of training.",
+        "Filtered link prediction, realistic ranks, both directions, as recorded at the end of training"
+        + _protocols(data.get("protocols") or {}),
         "",
     ]
     metrics = data.get("metrics") or {}

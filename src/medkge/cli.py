@@ -648,7 +648,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(chosen.to_dict() | {"cropped": str(folder) if folder else None}, indent=2))
         return 0
-    print(f"{chosen.split} MRR by dim of {args.model}, target MRR >= {chosen.target:.4f} ({chosen.rule}):")
+    protocol = "" if chosen.protocol == "full" else f" ({chosen.protocol})"
+    print(f"{chosen.split} MRR{protocol} by dim of {args.model}, target MRR >= {chosen.target:.4f} ({chosen.rule}):")
     rows = [[d, f"{v:.4f}", "yes" if v >= chosen.target else "no"] for d, v in chosen.mrr_by_dim.items()]
     print(_table(["dim", "MRR", "meets"], rows))
     print(f"smallest sub-model meeting the target: dim {chosen.dim} ({chosen.split} MRR {chosen.mrr:.4f})")

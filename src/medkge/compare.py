@@ -43,6 +43,7 @@ class RunSummary:
     fingerprint: str
     seed: int = 0
     key: str = ""  # the config without the seed: runs with the same key are seeds of one method
+    protocol: str = "full"  # how the figures were made: "full", "full, N of M triples (seed S)", "sampled (...)"
 
 
 # settings that do not change what a run trains: runs differing only in these (and the seed) are grouped
@@ -166,6 +167,7 @@ def load_summary(path: str | Path, split: str = "test") -> RunSummary:
         str(results.get("dataset_fingerprint", "")),
         cfg.train.seed,
         method_key(cfg),
+        str(results[split].get("protocol", "full")),
     )
 
 
@@ -266,6 +268,7 @@ def _markdown(methods: list[MethodSummary], dims: list[int], reference: MethodSu
     lines = [f"Filtered {split} MRR / Hits@10 per dimension on {dataset} ({ties} ties)"]
     if several:
         lines[0] += "; mean ± sample standard deviation over the seeds"
+    lines += _protocol_note(methods)
     lines += ["", "| dim | " + " | ".join(m.label for m in methods) + " |", "|---:|" + "---:|" * len(methods)]
     for d in dims:
         cells = []
@@ -289,6 +292,18 @@ def _markdown(methods: list[MethodSummary], dims: list[int], reference: MethodSu
     return "\n".join(lines) + "\n"
 
 
+def _protocol_note(methods: list[MethodSummary]) -> list[str]:
+    """Lines that say how the figures were made where it is not the full protocol on the whole split (a
+    validation on a subset or on sampled candidates), and warn where the runs differ in it."""
+    protocols = {m.label: ", ".join(dict.fromkeys(r.protocol for r in m.runs)) for m in methods}
+    if set(protocols.values()) == {"full"}:
+        return []
+    if len(set(protocols.values())) == 1:
+        return ["", f"Protocol: {next(iter(protocols.values()))}."]
+    each = "; ".join(f"{label}: {protocol}" for label, protocol in protocols.items())
+    return ["", f"**The runs were evaluated on different protocols, so their figures are not comparable**: {each}."]
+
+
 def _csv(methods: list[MethodSummary], dims: list[int], reference: MethodSummary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -304,16 +319,18 @@ def _csv(methods: list[MethodSummary], dims: list[int], reference: MethodSummary
             "seeds",
             "mrr_std",
             "hits@10_std",
+            "protocol",
         ]
     )
     for m in methods:
         ratio = m.train_seconds / reference.train_seconds if reference.train_seconds > 0 else ""
         runs = ";".join(str(r.path) for r in m.runs)
+        protocol = ", ".join(dict.fromkeys(r.protocol for r in m.runs))
         for d in dims:
             if d in m.dims:
                 std = [m.std(d, "mrr"), m.std(d, "hits@10")]
                 row = [m.label, runs, d, m.mean(d, "mrr"), m.mean(d, "hits@10"), m.train_seconds, ratio, len(m.runs)]
-                writer.writerow(row + ["" if x is None else x for x in std])
+                writer.writerow(row + ["" if x is None else x for x in std] + [protocol])
     return buffer.getvalue()
 
 

@@ -28,6 +28,7 @@ import torch
 from . import card, quantize
 from .datasets import Dataset, load_dataset
 from .errors import MedkgeError
+from .evaluation import Metrics
 from .files import atomic_write, read_json, read_vocab, sha256_file, write_json, write_vocab
 from .inference import DEFAULT_CACHE_BYTES, Funnel, Inference, Query, QueryError, Vocabulary, echo
 from .layout import (
@@ -114,6 +115,7 @@ class Selection:
     mrr_by_dim: dict[int, float]
     rule: str  # "min-mrr X" or "max-drop X relative to dim D"
     extra: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "full"  # how the figures were made: "full", "full, N of M triples (seed S)", "sampled (...)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,7 @@ class Selection:
             "rule": self.rule,
             "split": self.split,
             "mrr_by_dim": {str(d): v for d, v in self.mrr_by_dim.items()},
+            "protocol": self.protocol,
         }
 
 
@@ -444,7 +447,8 @@ class LabelledModel:
             raise MedkgeError("give exactly one target: min_mrr (--min-mrr) or max_drop (--max-drop)")
         if self.run is None or self.dims != self.run.dims:
             raise MedkgeError("selecting a sub-model needs a run folder (its validation results), not a cropped model")
-        mrr = {d: v["mrr"] for d, v in self._metrics(split, dims, progress).items()}
+        metrics = self._metrics(split, dims, progress)
+        mrr = {d: v["mrr"] for d, v in metrics.items()}
         if min_mrr is not None:
             if not 0 <= min_mrr <= 1:
                 raise MedkgeError(f"--min-mrr must be between 0 and 1, got {min_mrr}")
@@ -461,16 +465,27 @@ class LabelledModel:
             raise MedkgeError(
                 f"no sub-model reaches {split} MRR {target:.4f}; the best is dim {best} with {mrr[best]:.4f}"
             )
-        return Selection(meeting[0], mrr[meeting[0]], target, split, dict(sorted(mrr.items())), rule)
+        chosen = meeting[0]
+        return Selection(chosen, mrr[chosen], target, split, dict(sorted(mrr.items())), rule, protocol=metrics.protocol)
 
-    def _metrics(self, split: str, dims: Sequence[int] | None, progress: bool) -> dict[int, dict[str, float]]:
+    def _metrics(self, split: str, dims: Sequence[int] | None, progress: bool) -> Metrics:
         assert self.run is not None
         if dims is not None:
-            return dict(self.run.evaluate(split, check_dims(dims), progress=progress))
-        recorded = self.recorded_metrics(split)
-        if recorded is None:  # not recorded (evaluation was switched off): evaluate all dims now
-            return dict(self.run.evaluate(split, progress=progress))
-        return recorded
+            return self.run.evaluate(split, check_dims(dims), progress=progress)
+        try:
+            return self.run.metrics(split)
+        except MedkgeError:  # not recorded (evaluation was switched off): evaluate all dims now
+            return self.run.evaluate(split, progress=progress)
+
+    def recorded_protocol(self, split: str) -> str | None:
+        """How the recorded metrics of ``split`` were made ("full", "full, N of M triples (seed S)" for a
+        validation on a subset, "sampled (...)"); None where none is recorded (a folder cropped before it was)."""
+        if self.run is None:
+            return (self.card.get("protocols") or {}).get(split)
+        try:
+            return self.run.metrics(split).protocol
+        except MedkgeError:
+            return None
 
     def recorded_metrics(self, split: str) -> dict[int, dict[str, float]] | None:
         """The metrics by dim recorded at the end of training (a run) or in model.json (a cropped model)."""

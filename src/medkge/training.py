@@ -343,6 +343,7 @@ class Trainer:
                 "value": value,
                 "improved": improved,
                 "seconds": time.perf_counter() - started,
+                "protocol": metrics.protocol,  # "full", "full, N of M triples (seed S)" or "sampled (...)"
                 "dims": {str(d): {"mrr": metrics[d]["mrr"], "hits@10": metrics[d]["hits@10"]} for d in metrics.dims},
             }
         )

@@ -203,6 +203,7 @@ def create_app(
             "trained_dims": model.trained_dims,
             "croppable": model.croppable,
             "valid_mrr": {str(d): valid[d]["mrr"] for d in sorted(valid) if "mrr" in valid[d]},
+            "valid_protocol": model.recorded_protocol("valid") if valid else None,
             "exclude_known": exclude_error is None,
             "limits": vars(limits),
         }

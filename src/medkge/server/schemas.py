@@ -161,7 +161,11 @@ def _answers() -> tuple[type[BaseModel], ...]:
         default_dim: int
         trained_dims: list[int]
         croppable: bool
-        valid_mrr: dict[str, float]
+        valid_mrr: dict[str, float] = Field(description="validation MRR per trained dim, as recorded by training")
+        valid_protocol: str | None = Field(
+            description="how valid_mrr was measured: 'full' (every validation triple against every entity), "
+            "'full, N of M triples (seed S)' or 'sampled (...)'; null where not recorded"
+        )
         exclude_known: bool
         limits: dict[str, int]
 
