@@ -294,6 +294,7 @@ def bench_quality(args: argparse.Namespace) -> None:
     import json
 
     import medkge
+    from medkge.evaluation import is_full
 
     settings = {"wn18rr": {"lr": 0.005, "loss.alpha": 0.5}, "fb15k237": {"lr": 0.005, "gamma": 9.0}}
     dims = [int(d) for d in args.dims.split(",")]
@@ -339,7 +340,8 @@ def bench_quality(args: argparse.Namespace) -> None:
         print("|---|---:|---|" + "---:|" * len(dims))
         for label, (valid, results) in rows.items():
             lr = f"{results['lr']:g}" if results else ""
-            for split, per_dim in (("valid", valid and valid["dims"]), ("test", results and results["test"]["dims"])):
+            shown = "valid" if not valid or is_full(valid.get("protocol", "full")) else f"valid, {valid['protocol']}"
+            for split, per_dim in ((shown, valid and valid["dims"]), ("test", results and results["test"]["dims"])):
                 if per_dim:
                     mrr = [f"{per_dim[str(d)]['mrr']:.3f}" for d in dims]
                     print(f"| {label} | {lr} | {split} | " + " | ".join(mrr) + " |")

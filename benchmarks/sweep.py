@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import medkge
+from medkge.evaluation import is_full
 
 SHOWN = (10, 20, 40, 80, 160, 320, 640)
 
@@ -41,6 +42,8 @@ def main() -> None:
         shown = [d for d in valid if len(valid) <= 8 or int(d) in SHOWN]  # 64 sub-models: DT's dims
         mrr = " ".join(f"{d}:{valid[d]['mrr']:.3f}" for d in shown)
         mrr += f" mean:{sum(v['mrr'] for v in valid.values()) / len(valid):.3f}"
+        protocol = run.results()["valid"].get("protocol", "full")
+        mrr += "" if is_full(protocol) else f" ({protocol})"  # eval.valid_protocol / valid_triples
         epochs_logged = [r for r in run.log() if r.get("type") == "epoch"]
         shares = ""
         for key in ("ess_pos", "ess_neg"):

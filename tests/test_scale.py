@@ -265,6 +265,8 @@ def test_the_sampled_candidates_do_not_depend_on_blocking_and_the_protocol_is_re
     assert "sampled (3 candidates per side, seed 0)" in capsys.readouterr().out
     assert main(["evaluate", str(run.path), "--protocol", "full", "--quiet"]) == 0
     assert "(filtered, realistic ranks) of" in capsys.readouterr().out
+    assert main(["info", str(run.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_protocol"] == "sampled (5 candidates per side, seed 0)"
 
 
 def test_validations_can_use_the_sampled_protocol_while_the_test_stays_full(tmp_path):
@@ -433,8 +435,15 @@ def test_every_reader_of_recorded_validation_says_it_was_a_subset(tmp_path, caps
     assert (tmp_path / "cmp" / "comparison.csv").read_text().splitlines()[1].endswith(f'"{protocol}"')
     assert main(["compare", str(part.path), str(whole.path), "--split", "valid", "--labels", "a,b"]) == 0
     assert f"not comparable**: a: {protocol}; b: full." in capsys.readouterr().out
+    assert main(["compare", str(part.path), str(whole.path), "--split", "valid", "--labels", "a,a"]) == 0
+    assert f"not comparable**: a, 2 seeds: {protocol} / full." in capsys.readouterr().out  # the seeds differ
     assert main(["compare", str(part.path), "--split", "test"]) == 0
     assert "Protocol" not in capsys.readouterr().out  # the test ranked every triple
+    # a log from before validations logged their protocol: the recorded validation says it
+    log = part.path / "metrics.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "protocol"}) + "\n" for r in lines))
+    assert valid_protocol(part.path) == protocol
 
     assert main(["select", str(part.path), "--max-drop", "0.9", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["protocol"] == protocol
@@ -443,9 +452,25 @@ def test_every_reader_of_recorded_validation_says_it_was_a_subset(tmp_path, caps
     assert medkge.load(part.path).select(max_drop=0.9, dims=[2, 4]).protocol == "full"  # evaluated now, in full
 
     assert main(["crop", str(part.path), "--dim", "4", "--out", str(tmp_path / "crop")]) == 0
+    assert (
+        capsys.readouterr().out.rstrip().endswith(f"validation MRR {part.metrics('valid')[4]['mrr']:.4f} ({protocol})")
+    )
     assert main(["crop", str(tmp_path / "crop"), "--dim", "3", "--out", str(tmp_path / "again")]) == 0
     for folder in ("crop", "again"):
         card = (tmp_path / folder / "README.md").read_text()
         assert f"as recorded at the end of training; validation: {protocol}." in card
     assert main(["crop", str(whole.path), "--dim", "4", "--out", str(tmp_path / "full")]) == 0
     assert "as recorded at the end of training.\n" in (tmp_path / "full" / "README.md").read_text()
+    # a folder cropped before the protocol was recorded: its crops' cards say it is not known
+    info = json.loads((tmp_path / "crop" / "model.json").read_text())
+    del info["training"]["protocols"]
+    (tmp_path / "crop" / "model.json").write_text(json.dumps(info))
+    assert main(["crop", str(tmp_path / "crop"), "--dim", "2", "--out", str(tmp_path / "old")]) == 0
+    assert "was not recorded)." in (tmp_path / "old" / "README.md").read_text()
+
+
+def test_a_sampled_ranking_that_covers_every_candidate_counts_as_the_full_protocol():
+    from medkge.evaluation import describe_protocol, is_full
+
+    assert is_full("full") and is_full(describe_protocol("sampled", 1000, 0, covered=104))
+    assert not is_full(describe_protocol("sampled", 1000, 0)) and not is_full("full, 30 of 199 triples (seed 0)")

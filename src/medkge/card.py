@@ -15,6 +15,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from .evaluation import is_full
 from .layout import CARD_FILE
 
 _METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
@@ -60,10 +61,12 @@ def card_data(model: Any) -> dict[str, Any]:
     return {"metrics": metrics, "protocols": protocols, "budget": budget}
 
 
-def _protocols(protocols: dict[str, str]) -> str:
+def _protocols(data: dict[str, Any]) -> str:
     """The end of the metrics' sentence: where a split's figures were not made on the full protocol over the
     whole split (validation on a subset of triples or on sampled candidates), which protocol made them."""
-    other = {split: p for split, p in protocols.items() if p and p != "full"}
+    if data.get("metrics") and "protocols" not in data:  # a folder cropped before the protocol was recorded
+        return " (how they were measured, full or on a subset or sampled candidates, was not recorded)."
+    other = {split: p for split, p in (data.get("protocols") or {}).items() if p and not is_full(p)}
     if not other:
         return "."
     named = {"valid": "validation", "test": "test"}
@@ -107,7 +110,7 @@ def render(info: dict[str, Any], data: dict[str, Any], files: list[str]) -> str:
         "## Metrics",
         "",
         "Filtered link prediction, realistic ranks, both directions, as recorded at the end of training"
-        + _protocols(data.get("protocols") or {}),
+        + _protocols(data),
         "",
     ]
     metrics = data.get("metrics") or {}

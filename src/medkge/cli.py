@@ -466,6 +466,7 @@ def _positive_int(text: str, option: str) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .evaluation import is_full
     from .run import Run
 
     run = Run.open(args.run)
@@ -490,6 +491,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         if "test" in results:
             test = results["test"]["dims"]
             info["test_mrr"] = {d: round(v["mrr"], 4) for d, v in test.items()}
+            protocol = results["test"].get("protocol", "full")
+            if not is_full(protocol):  # eval.protocol: sampled
+                info["test_protocol"] = protocol
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -543,8 +547,12 @@ def _size(size: int) -> str:
 
 
 def _trained_note(source: Any, dim: int, info: dict[str, Any], path: str) -> str:
+    from .evaluation import is_full
+
     if source.is_trained(dim):
-        valid = f", validation MRR {info['valid']['mrr']:.4f}" if "valid" in info else ""
+        protocol = (info.get("training") or {}).get("protocols", {}).get("valid") or "full"
+        how = "" if is_full(protocol) else f" ({protocol})"
+        valid = f", validation MRR {info['valid']['mrr']:.4f}{how}" if "valid" in info else ""
         return f"dim {dim} is a trained sub-model{valid}"
     trained = source.source.get("dims") or source.trained_dims
     wider = [d for d in trained if d > dim]
@@ -636,6 +644,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .deploy import folder_size, load
+    from .evaluation import is_full
     from .files import discard_on_failure, lock_folder
 
     model = load(args.model)
@@ -648,7 +657,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(chosen.to_dict() | {"cropped": str(folder) if folder else None}, indent=2))
         return 0
-    protocol = "" if chosen.protocol == "full" else f" ({chosen.protocol})"
+    protocol = "" if is_full(chosen.protocol) else f" ({chosen.protocol})"
     print(f"{chosen.split} MRR{protocol} by dim of {args.model}, target MRR >= {chosen.target:.4f} ({chosen.rule}):")
     rows = [[d, f"{v:.4f}", "yes" if v >= chosen.target else "no"] for d, v in chosen.mrr_by_dim.items()]
     print(_table(["dim", "MRR", "meets"], rows))

@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import Config, MedConfig
 from .errors import MedkgeError
+from .evaluation import is_full
 from .files import atomic_write, read_json
 from .layout import CONFIG_FILE, RESULTS_FILE
 from .model import DEFAULT_DIMS
@@ -292,14 +293,19 @@ def _markdown(methods: list[MethodSummary], dims: list[int], reference: MethodSu
     return "\n".join(lines) + "\n"
 
 
+def _protocols(method: MethodSummary) -> str:
+    """The protocols of a method's runs, " / " between them where its seeds differ in it."""
+    return " / ".join(dict.fromkeys("full" if is_full(r.protocol) else r.protocol for r in method.runs))
+
+
 def _protocol_note(methods: list[MethodSummary]) -> list[str]:
     """Lines that say how the figures were made where it is not the full protocol on the whole split (a
     validation on a subset or on sampled candidates), and warn where the runs differ in it."""
-    protocols = {m.label: ", ".join(dict.fromkeys(r.protocol for r in m.runs)) for m in methods}
-    if set(protocols.values()) == {"full"}:
-        return []
-    if len(set(protocols.values())) == 1:
-        return ["", f"Protocol: {next(iter(protocols.values()))}."]
+    protocols = {m.label: _protocols(m) for m in methods}
+    mixed = any(" / " in p for p in protocols.values()) or len(set(protocols.values())) > 1
+    if not mixed:
+        protocol = next(iter(protocols.values()))
+        return [] if protocol == "full" else ["", f"Protocol: {protocol}."]
     each = "; ".join(f"{label}: {protocol}" for label, protocol in protocols.items())
     return ["", f"**The runs were evaluated on different protocols, so their figures are not comparable**: {each}."]
 
@@ -325,7 +331,7 @@ def _csv(methods: list[MethodSummary], dims: list[int], reference: MethodSummary
     for m in methods:
         ratio = m.train_seconds / reference.train_seconds if reference.train_seconds > 0 else ""
         runs = ";".join(str(r.path) for r in m.runs)
-        protocol = ", ".join(dict.fromkeys(r.protocol for r in m.runs))
+        protocol = _protocols(m)
         for d in dims:
             if d in m.dims:
                 std = [m.std(d, "mrr"), m.std(d, "hits@10")]
@@ -373,6 +379,9 @@ def plot(methods: list[MethodSummary], path: Path, split: str = "test") -> None:
         ax.set_ylabel(f"filtered {split} {title}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
+    note = _protocol_note(methods)  # a protocol other than the full one, or runs that differ in it
+    if note:
+        fig.suptitle(note[-1].replace("**", ""), fontsize=8, wrap=True)
     save_png(fig, path)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from .compare import pyplot, save_png
 from .config import Config
 from .errors import MedkgeError
-from .files import atomic_write, read_jsonl
-from .layout import CONFIG_FILE, LOG_FILE
+from .evaluation import is_full
+from .files import atomic_write, read_json, read_jsonl
+from .layout import CONFIG_FILE, LOG_FILE, RESULTS_FILE
 
 
 @dataclass
@@ -87,18 +88,23 @@ def load_curves(folder: str | Path, dims: list[int] | None = None, metric: str =
 def valid_protocol(folder: str | Path) -> str:
     """How a run validated, as its validations logged it ("full", "full, 1,000 of 3,034 triples (seed 0)",
     "sampled (...)"; "A, then B" where a resumed run changed it); for logs written before the protocol was
-    logged, from the config ("full" or "sampled", "on N triples" where it asked for a subset); "" where neither
-    is at hand."""
-    log = Path(folder) / LOG_FILE
+    logged, as its recorded validation says, or its config ("full" or "sampled", "on up to N triples" where it
+    asked for a subset); "" where none is at hand."""
+    folder = Path(folder)
+    log = folder / LOG_FILE
     records = read_jsonl(log) if log.is_file() else []
     logged = dict.fromkeys(str(r["protocol"]) for r in records if r.get("type") == "valid" and "protocol" in r)
     if logged:
-        return ", then ".join(logged)
-    if not (Path(folder) / CONFIG_FILE).is_file():
+        return ", then ".join("full" if is_full(p) else p for p in logged)
+    results = read_json(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else {}
+    if "protocol" in (results.get("valid") or {}):
+        protocol = str(results["valid"]["protocol"])
+        return "full" if is_full(protocol) else protocol
+    if not (folder / CONFIG_FILE).is_file():
         return ""
-    ev = Config.from_run_folder(Path(folder)).eval
+    ev = Config.from_run_folder(folder).eval
     protocol = ev.protocol if ev.valid_protocol == "same" else ev.valid_protocol
-    return protocol + (f" on {ev.valid_triples:,} triples" if ev.valid_triples else "")
+    return protocol + (f" on up to {ev.valid_triples:,} triples" if ev.valid_triples else "")
 
 
 def curves_table(runs: dict[str, list[Curve]], metric: str = "mrr", protocols: dict[str, str] | None = None) -> str:
@@ -124,8 +130,11 @@ def curves_table(runs: dict[str, list[Curve]], metric: str = "mrr", protocols: d
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(runs: dict[str, list[Curve]], path: Path, metric: str = "mrr") -> None:
-    """Validation ``metric`` (left) and the mean training loss (right, log scale) against epoch."""
+def plot_curves(
+    runs: dict[str, list[Curve]], path: Path, metric: str = "mrr", protocols: dict[str, str] | None = None
+) -> None:
+    """Validation ``metric`` (left) and the mean training loss (right, log scale) against epoch; the
+    validation's protocol above, where it is not the full one."""
     plt = pyplot("curves")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     prefix = len(runs) > 1
@@ -153,6 +162,9 @@ def plot_curves(runs: dict[str, list[Curve]], path: Path, metric: str = "mrr") -
                     color="0.2" if shared and prefix else colour,
                     label=name if shared else label,
                 )
+    other = {name: p for name, p in (protocols or {}).items() if p and p != "full"}
+    if other:
+        left.set_title("; ".join(f"{name}: {p}" if prefix else p for name, p in other.items()), fontsize=8)
     left.set_xlabel("epoch")
     left.set_ylabel(f"validation {metric}")
     left.grid(True, alpha=0.3)
@@ -186,5 +198,5 @@ def curves(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "curves.md", table.encode())
-        plot_curves(runs, out / "curves.png", metric)
+        plot_curves(runs, out / "curves.png", metric, protocols)
     return table

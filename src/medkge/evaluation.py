@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,9 @@ class Metrics(dict):
         self.split = split
         self.ties = ties
         self.ranks: dict[str, Tensor] = ranks or {}
-        self.protocol = protocol  # "full", or "sampled (N candidates per side, seed S)"
+        # "full", "full, N of M triples (seed S)" (a subset of the split) or "sampled (N candidates per side,
+        # seed S)": how the figures were made (is_full: whether they compare with the full protocol's)
+        self.protocol = protocol
 
     @property
     def dims(self) -> list[int]:
@@ -70,7 +73,8 @@ class Metrics(dict):
         ranks = {}
         for side in parts[0].ranks:
             ranks[side] = torch.cat([m.ranks[side] for m in parts], dim=1)
-        return cls(dict(sorted(by_dim.items())), parts[0].split, parts[0].ties, ranks, parts[0].protocol)
+        protocol = " / ".join(dict.fromkeys(m.protocol for m in parts))  # one, unless the models differ in it
+        return cls(dict(sorted(by_dim.items())), parts[0].split, parts[0].ties, ranks, protocol)
 
     def to_dict(self) -> dict:
         return {
@@ -230,6 +234,15 @@ def warn_covered(count: int, pool: int, split: str) -> None:
         "ranked against all of them (the full protocol)",
         MedkgeWarning,
         stacklevel=3,
+    )
+
+
+def is_full(protocol: str) -> bool:
+    """Whether figures recorded with ``protocol`` ranked every triple of the split against every candidate (the
+    sampled protocol whose candidates would cover them all included): comparable with the full protocol's."""
+    return (
+        re.fullmatch(r"full( \(the [\d,]+ sampled candidates per side would cover all [\d,]+ candidates\))?", protocol)
+        is not None
     )
 
 

@@ -163,8 +163,10 @@ def _answers() -> tuple[type[BaseModel], ...]:
         croppable: bool
         valid_mrr: dict[str, float] = Field(description="validation MRR per trained dim, as recorded by training")
         valid_protocol: str | None = Field(
-            description="how valid_mrr was measured: 'full' (every validation triple against every entity), "
-            "'full, N of M triples (seed S)' or 'sampled (...)'; null where not recorded"
+            description="how valid_mrr was measured: 'full' (filtered ranks of every validation triple among "
+            "all candidates; also 'full (the N sampled candidates per side would cover all M candidates)'), "
+            "'full, N of M triples (seed S)' (a subset of the validation triples) or 'sampled (N candidates per "
+            "side, seed S)'; null where not recorded (a folder cropped before medkge recorded it)"
         )
         exclude_known: bool
         limits: dict[str, int]
