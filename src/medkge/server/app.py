@@ -184,13 +184,16 @@ def create_app(
         table = await pool.run(lambda: model.similar(e, k, d, funnel))
         return json_response(similar_json(model, table))
 
+    # the recorded validation of a finished run does not change while it is served: read once, not per request
+    valid = model.recorded_metrics("valid") or {}
+    valid_protocol = model.recorded_protocol("valid") if valid else None
+
     @app.get(
         "/models",
         summary="the model: dims served, trained dims, validation MRR per dim, dataset",
         responses=responses(ok=shapes.ModelInfo),
     )
     async def models() -> Response:
-        valid = model.recorded_metrics("valid") or {}
         info = {
             "model": model.model_name,
             "dataset": model.source.get("dataset"),
@@ -203,7 +206,7 @@ def create_app(
             "trained_dims": model.trained_dims,
             "croppable": model.croppable,
             "valid_mrr": {str(d): valid[d]["mrr"] for d in sorted(valid) if "mrr" in valid[d]},
-            "valid_protocol": model.recorded_protocol("valid") if valid else None,
+            "valid_protocol": valid_protocol,
             "exclude_known": exclude_error is None,
             "limits": vars(limits),
         }
