@@ -410,24 +410,38 @@ def test_a_run_folder_from_before_phase_and_gamma_scaling_resumes_with_what_it_t
     path = folder / "config.yaml"
     data = yaml.safe_load(path.read_text())
     del data["model"]["phase_scale"], data["model"]["gamma_scaling"]  # as written before the options existed
+    del data["loss"]["reg_angles"]
     path.write_text(yaml.safe_dump(data))
     resumed = medkge.resume(folder, progress=False)
     assert resumed.config.model.phase_scale is None and resumed.config.model.gamma_scaling == "linear"
+    assert resumed.config.loss.reg_angles  # N3 / L2 took RotatE's angles in then
     torch.testing.assert_close(resumed.model.margins(), torch.tensor([6.0 * 4 / 16, 6.0]))
     assert resumed.model.phase_scale == pytest.approx(2 * torch.pi)
     torch.testing.assert_close(resumed.model.relation_table(), reference.model.relation_table())
     assert resumed.results()["test"] == reference.results()["test"]
 
 
-@pytest.mark.parametrize(("model", "penalises_relations"), [("rotate", False), ("complex", True), ("transe", True)])
-def test_the_regulariser_penalises_entities_and_relations_that_have_a_size(tmp_path, model, penalises_relations):
-    """N3 / L2 on a batch's rows; RotatE's relation rows are angles (a rotation's modulus is one), left out."""
+@pytest.mark.parametrize(
+    ("model", "reg_angles", "penalises_relations"),
+    [("rotate", False, False), ("rotate", True, True), ("complex", False, True), ("transe", False, True)],
+)
+def test_the_regulariser_penalises_entities_and_relations_that_have_a_size(
+    tmp_path, model, reg_angles, penalises_relations
+):
+    """N3 / L2 on a batch's rows; RotatE's relation rows are angles (a rotation's modulus is one), left out
+    unless ``loss.reg_angles`` (how runs before 2026-12-07 trained, kept for their resumption)."""
     from medkge.config import Config
     from medkge.losses import regularization
 
     dataset = medkge.load_dataset("nations")
     cfg = Config().with_overrides(
-        {"dataset": "nations", "model.name": model, "model.dims": [4, 8], "loss.regularizer": "n3"}
+        {
+            "dataset": "nations",
+            "model.name": model,
+            "model.dims": [4, 8],
+            "loss.regularizer": "n3",
+            "loss.reg_angles": reg_angles,
+        }
     )
     trainer = bare_trainer(cfg, dataset, tmp_path)
     m = trainer.model

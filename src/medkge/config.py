@@ -78,6 +78,11 @@ class LossConfig:
         "(RotatE's subsampling weights, counts starting at 4 as in its code): frequent patterns count less",
     )
     reg_weight: float = _opt(0.0, "weight of the regularizer", min=0.0)
+    reg_angles: bool = _opt(
+        False,
+        "also penalise RotatE's relation angles, as runs before 2026-12-07 did (they resume so); it does not "
+        "shrink a rotation, it pulls it towards the identity. Models whose relations are not angles ignore it",
+    )
 
 
 @dataclass
@@ -453,6 +458,7 @@ def _parse_value(text: str) -> Any:
 _RUN_FOLDER_LEGACY: dict[tuple[str, str], Any] = {
     ("model", "phase_scale"): None,  # before: RotatE's phase_scale was always pi / init_scale
     ("model", "gamma_scaling"): "linear",  # before: every sub-model's margin was gamma * d_i / d_n
+    ("loss", "reg_angles"): True,  # before: N3 / L2 took RotatE's relation angles in too
 }
 
 

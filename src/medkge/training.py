@@ -289,10 +289,10 @@ class Trainer:
         m = self.model
         entities = m.interaction.complex_entities
         # RotatE's relation rows are angles: a rotation's modulus is one whatever the angle, so N3 of it is
-        # constant and L2 of the angle would pull rotations towards the identity, not shrink anything
-        relation = (
-            [] if m.interaction.phase_relations else [(m.relation_rows(positives[:, 1]), m.model_name == "complex")]
-        )
+        # constant and L2 of the angle would pull rotations towards the identity, not shrink anything (runs
+        # from before 2026-12-07 did that: loss.reg_angles keeps their objective when they resume)
+        with_relations = not m.interaction.phase_relations or self.cfg.loss.reg_angles
+        relation = [(m.relation_rows(positives[:, 1]), m.model_name == "complex")] if with_relations else []
         parts = [(entity_rows(positives[:, 0]), entities), *relation, (entity_rows(positives[:, 2]), entities)]
         return regularization(self.cfg.loss.regularizer, [x for x, _ in parts], [c for _, c in parts])
 
