@@ -384,6 +384,7 @@ def test_phase_scale_null_is_rotate_codes_parametrisation_and_a_run_keeps_its_ph
 def test_a_run_folder_from_before_phase_and_gamma_scaling_resumes_with_what_it_trained_with(tmp_path, monkeypatch):
     import yaml
 
+    from medkge.config import Config
     from medkge.training import Trainer
 
     # RotatE's code's phase scale pi / init_scale: 2 pi at dims [4, 16] (init_scale (6 + 2) / 16); linear margins
@@ -410,8 +411,12 @@ def test_a_run_folder_from_before_phase_and_gamma_scaling_resumes_with_what_it_t
     path = folder / "config.yaml"
     data = yaml.safe_load(path.read_text())
     del data["model"]["phase_scale"], data["model"]["gamma_scaling"]  # as written before the options existed
-    del data["loss"]["reg_angles"]
+    del data["loss"]["reg_angles"], data["eval"]["valid_triples"]
     path.write_text(yaml.safe_dump(data))
+    between = {**data, "eval": {**data["eval"], "valid_triples": None}}  # written after efc8df1, before reg_angles
+    (tmp_path / "between").mkdir()
+    (tmp_path / "between" / "config.yaml").write_text(yaml.safe_dump(between))
+    assert not Config.from_run_folder(tmp_path / "between").loss.reg_angles
     resumed = medkge.resume(folder, progress=False)
     assert resumed.config.model.phase_scale is None and resumed.config.model.gamma_scaling == "linear"
     assert resumed.config.loss.reg_angles  # N3 / L2 took RotatE's angles in then

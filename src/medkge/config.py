@@ -260,7 +260,7 @@ class Config:
         data = _read_yaml(path) or {}
         for (section, key), value in _RUN_FOLDER_LEGACY.items():
             if isinstance(data.get(section), dict) and key not in data[section]:
-                data[section][key] = value
+                data[section][key] = value(data) if callable(value) else value
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -454,11 +454,14 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-# Options added after run folders were written, with the value that trains as those runs did.
+# Options added after run folders were written, with the value that trains as those runs did (or a function of
+# the folder's config that gives it, where the old behaviour changed before the option was added).
 _RUN_FOLDER_LEGACY: dict[tuple[str, str], Any] = {
     ("model", "phase_scale"): None,  # before: RotatE's phase_scale was always pi / init_scale
     ("model", "gamma_scaling"): "linear",  # before: every sub-model's margin was gamma * d_i / d_n
-    ("loss", "reg_angles"): True,  # before: N3 / L2 took RotatE's relation angles in too
+    # before efc8df1 (which also added eval.valid_triples): N3 / L2 took RotatE's relation angles in too;
+    # folders written after it and before the option trained without them
+    ("loss", "reg_angles"): lambda data: "valid_triples" not in (data.get("eval") or {}),
 }
 
 
