@@ -97,6 +97,16 @@ def test_labels_name_the_switched_parts_of_med():
     assert method_label(Config().with_overrides({"model.dims": [10, 40, 160, 640]})) == "MED (4 sub-models)"
     assert method_key(Config().with_overrides({"train.seed": 3, "train.threads": 1})) == method_key(Config())
     assert method_key(Config().with_overrides({"train.lr": 0.5})) != method_key(Config())
+    # a regularizer's settings count only where it is on
+    assert method_key(Config().with_overrides({"loss.reg_angles": True, "loss.reg_weight": 0.1})) == method_key(
+        Config()
+    )
+    n3 = {"loss.regularizer": "n3", "loss.reg_weight": 0.1}
+    assert method_key(Config().with_overrides(n3)) != method_key(Config())
+    assert method_key(Config().with_overrides({**n3, "loss.reg_angles": True})) != method_key(
+        Config().with_overrides(n3)
+    )
+    assert method_key(Config().with_overrides({**n3, "loss.reg_weight": 0.0})) == method_key(Config())
     settings = method_settings(Config().with_overrides({"train.seed": 3}))
     assert settings["train.lr"] == Config().train.lr and "train.seed" not in settings
 

@@ -62,6 +62,11 @@ def method_settings(cfg: Config) -> dict[str, Any]:
     for section, keys in _NOT_THE_METHOD.items():
         for key in keys:
             data[section].pop(key, None)
+    loss = data["loss"]
+    if loss["regularizer"] == "none" or not loss["reg_weight"]:
+        # no regularizer: its weight and whether it reaches the angles change nothing (run folders from before
+        # loss.reg_angles was turned off record it on, and are the same method as today's without a regularizer)
+        loss.update(regularizer="none", reg_weight=0.0, reg_angles=False)
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):
