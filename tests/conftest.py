@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import torch
 
 from medkge import Dataset
@@ -36,3 +38,27 @@ def train_tiny(out, **options):
 
     defaults = {"dataset": "nations", "epochs": 2, "batch_size": 256, "negatives": 4, "eval_every": 1}
     return medkge.train(**(defaults | options), out=out, progress=False)
+
+
+class AppClient:
+    """A FastAPI app served in process through httpx's ASGI transport, its lifespan included: what Starlette's
+    TestClient did, whose httpx backend is deprecated. ``with AppClient(app) as client: client.get(...)``."""
+
+    def __init__(self, app):
+        import httpx
+
+        self.app, self.loop = app, asyncio.new_event_loop()
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://medkge")
+
+    def __enter__(self) -> AppClient:
+        self.lifespan = self.app.router.lifespan_context(self.app)
+        self.loop.run_until_complete(self.lifespan.__aenter__())
+        return self
+
+    def get(self, url: str, **options):
+        return self.loop.run_until_complete(self.client.get(url, **options))
+
+    def __exit__(self, *exc) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.run_until_complete(self.lifespan.__aexit__(None, None, None))
+        self.loop.close()

@@ -5,7 +5,6 @@ index finds the exact neighbours; the model card reports the run's own results."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
@@ -22,7 +21,7 @@ from medkge.funnel import evaluate_funnel
 from medkge.inference import Funnel, Query, default_funnel, default_k
 from medkge.quantize import dequantize_rows, quantize_rows
 
-from .conftest import random_dataset, train_tiny
+from .conftest import AppClient, random_dataset, train_tiny
 from .reference import reference_scores
 from .test_scoring import CONFIGS, make_model
 
@@ -141,7 +140,7 @@ def test_int8_rows_round_trip_within_half_a_step_of_their_scale():
 
 @pytest.mark.parametrize("dtype", ["int8", "float16"])
 def test_a_quantised_crop_scores_as_its_dequantised_tables_and_is_served(tmp_path, dtype, capsys):
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     from medkge.server import create_app
 
     run = train_tiny(tmp_path / "run", model="rotate", dims=[8, 16], epochs=1, eval_every=0)
@@ -159,13 +158,8 @@ def test_a_quantised_crop_scores_as_its_dequantised_tables_and_is_served(tmp_pat
     else:
         expected = entity.half().float()
     torch.testing.assert_close(small.model_for().entity, expected, rtol=0, atol=0)
-
-    async def ask(app):  # in process, lifespan included (Starlette's TestClient over httpx is deprecated)
-        transport = httpx.ASGITransport(app=app)
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://m") as c:
-            return (await c.get("/predict", params={"head": "usa", "relation": "embassy", "k": 3})).json()
-
-    answer = asyncio.run(ask(create_app(small)))
+    with AppClient(create_app(small)) as client:
+        answer = client.get("/predict", params={"head": "usa", "relation": "embassy", "k": 3}).json()
     assert answer["results"] == medkge.load(tmp_path / dtype).predict_tails("usa", "embassy", k=3).to_records()
     assert (
         main(["export", str(tmp_path / dtype), "--format", "npy", "--out", str(tmp_path / "npy"), "--dtype", dtype])

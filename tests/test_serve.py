@@ -27,7 +27,7 @@ from medkge.deploy import LabelledModel, prediction_json  # noqa: E402
 from medkge.inference import Query, QueryError  # noqa: E402
 from medkge.server import create_app  # noqa: E402
 
-from .conftest import random_dataset, train_tiny  # noqa: E402
+from .conftest import AppClient, random_dataset, train_tiny  # noqa: E402
 from .test_scoring import CONFIGS, make_model  # noqa: E402
 
 TRAINED = (4, 8, 16)
@@ -390,13 +390,11 @@ def check_batched(model: LabelledModel, reference: LabelledModel, dataset) -> No
 
 
 def test_a_dt_run_serves_its_trained_dims_only(tmp_path):
-    from fastapi.testclient import TestClient
-
     run = train_tiny(tmp_path / "dt", method="dt", dims=[4, 8], epochs=1, eval_every=0)
     model = medkge.load(run.path)
     app = create_app(model)
     assert app.state.dims == [4, 8]
-    with TestClient(app) as client:
+    with AppClient(app) as client:
         answer = client.get("/predict", params={"head": "1", "relation": "2", "ids": "true", "k": 4, "dim": 5})
         assert answer.status_code == 422 and "dim 5 is not served: the dims are 4, 8" in answer.json()["error"]
         answer = client.get("/predict", params={"head": "1", "relation": "2", "ids": "true", "k": 4, "dim": 4})
@@ -421,13 +419,11 @@ def test_copies_of_small_dims_stay_within_their_memory_budget():
 
 
 def test_exclude_known_without_a_dataset_is_a_client_error():
-    from fastapi.testclient import TestClient
-
     base = make_model("rotate", num_entities=12, num_relations=4)
     model = LabelledModel(base, [f"e{i}" for i in range(12)], [f"r{i}" for i in range(4)])
     with pytest.raises(QueryError, match="exclude_known: excluding known triples needs the dataset"):
         model.query(head="e1", relation="r0", k=3, exclude_known=True)
-    with TestClient(create_app(model)) as client:
+    with AppClient(create_app(model)) as client:
         assert client.get("/models").json()["exclude_known"] is False
         answer = client.get("/predict", params={"head": "e1", "relation": "r0", "k": 3, "exclude_known": "true"})
         assert answer.status_code == 422 and "excluding known triples needs the dataset" in answer.json()["error"]
